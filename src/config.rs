@@ -1,0 +1,859 @@
+//! Typed configuration: the `config.toml` contract of `spec/config.md`.
+//!
+//! Parsing is strict: unknown keys are refused (`deny_unknown_fields`) and every error names
+//! the file with its line and column (TOML syntax and type errors) or the key and what is wrong
+//! with it (semantic validation: zero limits, bad URLs, bad CIDRs, ...). Durations are strings
+//! such as `"500ms"`, `"5s"`, `"2m"`; sizes are integers (bytes) or strings such as `"64MiB"`.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub upstream: UpstreamConfig,
+    pub policy: PolicyConfig,
+    pub cache: CacheConfig,
+    pub rate_limit: RateLimitConfig,
+}
+
+/// `[server]`: the client-facing listener.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    #[serde(deserialize_with = "de_duration")]
+    pub header_read_timeout: Duration,
+    #[serde(deserialize_with = "de_size")]
+    pub max_header_bytes: u64,
+    pub max_connections: u64,
+    #[serde(deserialize_with = "de_cidrs")]
+    pub trusted_proxies: Vec<IpNet>,
+    #[serde(deserialize_with = "de_duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 65536,
+            max_connections: 10000,
+            trusted_proxies: Vec::new(),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[admin]`: the operator listener; `listen = ""` turns it off.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    #[serde(deserialize_with = "de_opt_addr")]
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+        }
+    }
+}
+
+/// `[upstream]`: the Rocket.Chat server.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    #[serde(deserialize_with = "de_url")]
+    pub url: UpstreamUrl,
+    #[serde(deserialize_with = "de_prefix")]
+    pub path_prefix: String,
+    #[serde(deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub response_timeout: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub pool_idle_timeout: Duration,
+    pub service_account: Option<ServiceAccountConfig>,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            url: UpstreamUrl {
+                scheme: Scheme::Http,
+                authority: "127.0.0.1:3000".into(),
+            },
+            path_prefix: String::new(),
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(60),
+            pool_idle_timeout: Duration::from_secs(4),
+            service_account: None,
+        }
+    }
+}
+
+/// The upstream's scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// A validated upstream base URL: scheme and authority only (a path belongs in `path_prefix`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    pub scheme: Scheme,
+    /// `host:port` (the port made explicit).
+    pub authority: String,
+}
+
+impl fmt::Display for UpstreamUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme.as_str(), self.authority)
+    }
+}
+
+/// `[upstream.service_account]`: used to read the setting (and `permissions.listAll`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceAccountConfig {
+    pub user_id: String,
+    pub token_env: String,
+}
+
+impl Default for ServiceAccountConfig {
+    fn default() -> Self {
+        ServiceAccountConfig {
+            user_id: String::new(),
+            token_env: "ROCKETCHAT_SHIM_SERVICE_TOKEN".into(),
+        }
+    }
+}
+
+/// `policy.dm_history_endpoint`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DmHistoryEndpoint {
+    Enabled,
+    Disabled,
+    Upstream,
+}
+
+/// `policy.error_style`: order of checks and error bodies.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorStyle {
+    /// Rocket.Chat 6 and later: 401, 403 (permission), 400 (setting).
+    Modern,
+    /// Before 6: 401, 400 (setting), 403 (permission), with the older bodies.
+    Legacy,
+}
+
+/// `policy.roles`: `"upstream"` or an explicit list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RolesSource {
+    Upstream,
+    List(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for RolesSource {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            S(String),
+            L(Vec<String>),
+        }
+        match Raw::deserialize(d)
+            .map_err(|_| de::Error::custom("expected \"upstream\" or a list of role names"))?
+        {
+            Raw::S(s) if s == "upstream" => Ok(RolesSource::Upstream),
+            Raw::S(s) => Err(de::Error::custom(format!(
+                "expected \"upstream\" or a list of role names, got \"{s}\""
+            ))),
+            Raw::L(l) => {
+                if l.iter().any(|r| r.trim().is_empty()) {
+                    return Err(de::Error::custom("role names must not be empty"));
+                }
+                Ok(RolesSource::List(l))
+            }
+        }
+    }
+}
+
+/// `[policy]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    pub dm_history_endpoint: DmHistoryEndpoint,
+    pub permission: String,
+    pub roles: RolesSource,
+    pub error_style: ErrorStyle,
+    #[serde(deserialize_with = "de_duration")]
+    pub identity_ttl: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub permissions_ttl: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub setting_ttl: Duration,
+    pub guard_related_endpoints: bool,
+    pub params: ParamsConfig,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            dm_history_endpoint: DmHistoryEndpoint::Disabled,
+            permission: "view-room-administration".into(),
+            roles: RolesSource::Upstream,
+            error_style: ErrorStyle::Modern,
+            identity_ttl: Duration::from_secs(30),
+            permissions_ttl: Duration::from_secs(60),
+            setting_ttl: Duration::from_secs(30),
+            guard_related_endpoints: false,
+            params: ParamsConfig::default(),
+        }
+    }
+}
+
+/// `policy.params.query_and_fields`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum QueryAndFields {
+    /// Allow-listed operators only, re-serialised canonically.
+    Sanitize,
+    /// Either parameter present is a 400.
+    Reject,
+    /// Both dropped silently.
+    Strip,
+}
+
+/// `[policy.params]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ParamsConfig {
+    pub default_count: u64,
+    pub max_count: u64,
+    pub allow_unlimited_count: bool,
+    pub query_and_fields: QueryAndFields,
+    pub sort_fields: Vec<String>,
+}
+
+impl Default for ParamsConfig {
+    fn default() -> Self {
+        ParamsConfig {
+            default_count: 50,
+            max_count: 100,
+            allow_unlimited_count: false,
+            query_and_fields: QueryAndFields::Sanitize,
+            sort_fields: vec!["ts".into(), "_updatedAt".into()],
+        }
+    }
+}
+
+/// `[cache]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    #[serde(deserialize_with = "de_duration")]
+    pub ttl: Duration,
+    #[serde(deserialize_with = "de_size")]
+    pub max_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            ttl: Duration::from_secs(5),
+            max_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// One GCRA budget: `requests` per `per`, with a burst of `requests`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    pub requests: u32,
+    #[serde(deserialize_with = "de_duration")]
+    pub per: Duration,
+}
+
+/// `rate_limit.backend`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitBackend {
+    Local,
+    Redis,
+}
+
+/// `rate_limit.redis.on_failure`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    Local,
+    Deny,
+}
+
+/// `[rate_limit.redis]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    pub url: String,
+    pub key_prefix: String,
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    pub on_failure: OnFailure,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            key_prefix: "rocketchat-shim:".into(),
+            timeout: Duration::from_millis(50),
+            on_failure: OnFailure::Local,
+        }
+    }
+}
+
+/// `[rate_limit]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    pub per_user: Budget,
+    pub per_ip: Budget,
+    pub backend: RateLimitBackend,
+    pub redis: RedisConfig,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            enabled: true,
+            per_user: Budget {
+                requests: 10,
+                per: Duration::from_secs(60),
+            },
+            per_ip: Budget {
+                requests: 120,
+                per: Duration::from_secs(60),
+            },
+            backend: RateLimitBackend::Local,
+            redis: RedisConfig::default(),
+        }
+    }
+}
+
+/// Why a configuration could not be used. The message always says where and what.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read the file: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|s| line_col(text, s.start))
+                .unwrap_or((1, 1));
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().to_owned(),
+            }
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Semantic checks that the types alone cannot express.
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, message: &str| {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                key,
+                message: message.to_owned(),
+            })
+        };
+        let nonzero = [
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
+            ("server.shutdown_grace", self.server.shutdown_grace),
+            ("upstream.connect_timeout", self.upstream.connect_timeout),
+            ("upstream.response_timeout", self.upstream.response_timeout),
+            ("upstream.pool_idle_timeout", self.upstream.pool_idle_timeout),
+            ("policy.identity_ttl", self.policy.identity_ttl),
+            ("policy.permissions_ttl", self.policy.permissions_ttl),
+            ("policy.setting_ttl", self.policy.setting_ttl),
+            ("cache.ttl", self.cache.ttl),
+            ("rate_limit.per_user.per", self.rate_limit.per_user.per),
+            ("rate_limit.per_ip.per", self.rate_limit.per_ip.per),
+            ("rate_limit.redis.timeout", self.rate_limit.redis.timeout),
+        ];
+        for (key, d) in nonzero {
+            if d.is_zero() {
+                return bad(key, "must be longer than zero");
+            }
+        }
+        if self.server.max_header_bytes < 1024 {
+            return bad("server.max_header_bytes", "must be at least 1024 bytes");
+        }
+        if self.server.max_header_bytes > 16 * 1024 * 1024 {
+            return bad("server.max_header_bytes", "must be at most 16MiB");
+        }
+        if self.server.max_connections == 0 {
+            return bad("server.max_connections", "must be at least 1");
+        }
+        if self.rate_limit.per_user.requests == 0 {
+            return bad("rate_limit.per_user.requests", "must be at least 1");
+        }
+        if self.rate_limit.per_ip.requests == 0 {
+            return bad("rate_limit.per_ip.requests", "must be at least 1");
+        }
+        let p = &self.policy.params;
+        if p.max_count == 0 {
+            return bad("policy.params.max_count", "must be at least 1");
+        }
+        if p.default_count == 0 {
+            return bad("policy.params.default_count", "must be at least 1");
+        }
+        if p.default_count > p.max_count {
+            return bad(
+                "policy.params.default_count",
+                "must not be larger than policy.params.max_count",
+            );
+        }
+        if p.sort_fields.is_empty() {
+            return bad("policy.params.sort_fields", "must name at least one field");
+        }
+        if let Some(f) = p.sort_fields.iter().find(|f| !is_field_path(f)) {
+            return bad(
+                "policy.params.sort_fields",
+                &format!("\"{f}\" is not a field path (letters, digits, '_' and '.')"),
+            );
+        }
+        if self.policy.permission.trim().is_empty() {
+            return bad("policy.permission", "must not be empty");
+        }
+        if self.cache.enabled && self.cache.max_bytes < 4096 {
+            return bad("cache.max_bytes", "must be at least 4KiB");
+        }
+        if self.policy.dm_history_endpoint == DmHistoryEndpoint::Upstream {
+            match &self.upstream.service_account {
+                Some(sa) if !sa.user_id.trim().is_empty() && !sa.token_env.trim().is_empty() => {}
+                _ => {
+                    return bad(
+                        "policy.dm_history_endpoint",
+                        "\"upstream\" needs [upstream.service_account] with user_id and token_env",
+                    )
+                }
+            }
+        }
+        if let Some(sa) = &self.upstream.service_account {
+            if sa.token_env.trim().is_empty() {
+                return bad("upstream.service_account.token_env", "must name an environment variable");
+            }
+        }
+        if self.rate_limit.backend == RateLimitBackend::Redis {
+            let u = &self.rate_limit.redis.url;
+            if !(u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("unix://"))
+            {
+                return bad(
+                    "rate_limit.redis.url",
+                    "must start with redis://, rediss:// or unix://",
+                );
+            }
+        }
+        if let Some(admin) = self.admin.listen {
+            if admin == self.server.listen && admin.port() != 0 {
+                return bad("admin.listen", "must differ from server.listen");
+            }
+        }
+        Ok(())
+    }
+
+    /// The service account's token, read from the environment variable the config names.
+    pub fn service_token(&self) -> Option<(String, String)> {
+        let sa = self.upstream.service_account.as_ref()?;
+        let token = std::env::var(&sa.token_env).ok()?;
+        if sa.user_id.is_empty() || token.is_empty() {
+            return None;
+        }
+        Some((sa.user_id.clone(), token))
+    }
+}
+
+/// Whether `s` is a dotted field path: letters, digits and `_`, segments separated by `.`.
+pub fn is_field_path(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.').all(|seg| {
+            !seg.is_empty() && seg.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
+/// 1-based line and column of byte offset `at` in `text`.
+fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let at = at.min(text.len());
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, col)
+}
+
+/// Parses `"500ms"`, `"5s"`, `"2m"`, `"1h"`, `"1d"` (a whole number and a unit).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("\"{s}\" has no unit: write e.g. \"500ms\", \"5s\" or \"2m\""))?;
+    let (num, unit) = s.split_at(split);
+    if num.is_empty() {
+        return Err(format!(
+            "\"{s}\" is not a duration: write e.g. \"500ms\", \"5s\" or \"2m\""
+        ));
+    }
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("\"{s}\" is out of range"))?;
+    let ms = match unit.trim() {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
+        other => {
+            return Err(format!(
+                "\"{s}\": unknown unit \"{other}\" (use ms, s, m, h or d)"
+            ))
+        }
+    }
+    .ok_or_else(|| format!("\"{s}\" is out of range"))?;
+    Ok(Duration::from_millis(ms))
+}
+
+/// Parses `"64MiB"`, `"512KiB"`, `"1GiB"`, `"100kB"`, `"1048576"` or plain bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    if num.is_empty() {
+        return Err(format!(
+            "\"{s}\" is not a size: write bytes or e.g. \"64MiB\", \"512KiB\""
+        ));
+    }
+    let n: u64 = num.parse().map_err(|_| format!("\"{s}\" is out of range"))?;
+    let mul: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "kB" | "KB" => 1000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "\"{s}\": unknown unit \"{other}\" (use B, KiB, MiB, GiB, kB, MB or GB)"
+            ))
+        }
+    };
+    n.checked_mul(mul)
+        .ok_or_else(|| format!("\"{s}\" is out of range"))
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d).map_err(|_| {
+        de::Error::custom("expected a duration string such as \"500ms\", \"5s\" or \"2m\"")
+    })?;
+    parse_duration(&s).map_err(de::Error::custom)
+}
+
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(i64),
+        S(String),
+    }
+    match Raw::deserialize(d)
+        .map_err(|_| de::Error::custom("expected a size: bytes, or a string such as \"64MiB\""))?
+    {
+        Raw::N(n) if n < 0 => Err(de::Error::custom("a size cannot be negative")),
+        Raw::N(n) => Ok(n as u64),
+        Raw::S(s) => parse_size(&s).map_err(de::Error::custom),
+    }
+}
+
+fn de_cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    let raw = Vec::<String>::deserialize(d)?;
+    raw.iter()
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                .map(|n| n.trunc())
+                .map_err(|_| {
+                    de::Error::custom(format!(
+                        "\"{s}\" is not a CIDR such as \"10.0.0.0/8\" or an IP address"
+                    ))
+                })
+        })
+        .collect()
+}
+
+fn de_opt_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim().is_empty() {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|_| {
+        de::Error::custom(format!(
+            "\"{s}\" is not an address such as \"127.0.0.1:9090\" (or \"\" to turn it off)"
+        ))
+    })
+}
+
+fn de_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    let t = s.trim_end_matches('/');
+    if t.is_empty() {
+        return Ok(String::new());
+    }
+    if !t.starts_with('/') {
+        return Err(de::Error::custom(format!(
+            "\"{s}\" must start with '/', e.g. \"/chat\""
+        )));
+    }
+    if t.contains(['?', '#', '%', '\\', ' ']) || t.split('/').skip(1).any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+        return Err(de::Error::custom(format!(
+            "\"{s}\" must be a plain path such as \"/chat\""
+        )));
+    }
+    Ok(t.to_owned())
+}
+
+/// Parses `http(s)://host[:port]`, with at most a `/` after the authority.
+pub fn parse_upstream_url(s: &str) -> Result<UpstreamUrl, String> {
+    let (scheme, rest) = if let Some(r) = s.strip_prefix("http://") {
+        (Scheme::Http, r)
+    } else if let Some(r) = s.strip_prefix("https://") {
+        (Scheme::Https, r)
+    } else {
+        return Err(format!(
+            "\"{s}\" is not an http:// or https:// URL such as \"http://127.0.0.1:3000\""
+        ));
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ']) {
+        return Err(format!(
+            "\"{s}\" must be scheme://host[:port] only; put a sub-path in upstream.path_prefix"
+        ));
+    }
+    let uri: http::uri::Authority = authority
+        .parse()
+        .map_err(|_| format!("\"{s}\": \"{authority}\" is not a valid host[:port]"))?;
+    let port = uri.port_u16().unwrap_or(match scheme {
+        Scheme::Http => 80,
+        Scheme::Https => 443,
+    });
+    Ok(UpstreamUrl {
+        scheme,
+        authority: format!("{}:{}", uri.host(), port),
+    })
+}
+
+fn de_url<'de, D: Deserializer<'de>>(d: D) -> Result<UpstreamUrl, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_upstream_url(&s).map_err(de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    fn err(text: &str) -> String {
+        match parse(text) {
+            Ok(_) => panic!("expected an error for {text:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = parse("").expect("defaults");
+        assert_eq!(c, Config::default());
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.cache.max_bytes, 64 << 20);
+    }
+
+    #[test]
+    fn the_root_config_toml_parses() {
+        let text = include_str!("../config.toml");
+        let c = parse(text).expect("root config.toml");
+        assert_eq!(c.upstream.url.to_string(), "http://127.0.0.1:3000");
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("-5s").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("12 bananas").is_err());
+        assert!(parse_size("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_column() {
+        let e = err("[server]\nlisten = \"127.0.0.1:1\"\nlisten_typo = 3\n");
+        assert!(e.starts_with("test.toml:3:1:"), "{e}");
+        assert!(e.contains("listen_typo"), "{e}");
+    }
+
+    #[test]
+    fn unknown_section_is_refused() {
+        let e = err("[sever]\nlisten = \"x\"\n");
+        assert!(e.starts_with("test.toml:1:"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_line() {
+        let e = err("[cache]\nttl = \"5 parsecs\"\n");
+        assert!(e.starts_with("test.toml:2:"), "{e}");
+        assert!(e.contains("unknown unit"), "{e}");
+        let e = err("[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n");
+        assert!(e.starts_with("test.toml:2:"), "{e}");
+        assert!(e.contains("CIDR"), "{e}");
+        let e = err("[upstream]\nurl = \"ftp://x\"\n");
+        assert!(e.starts_with("test.toml:2:"), "{e}");
+        let e = err("[rate_limit]\nper_user = { requests = -1, per = \"1s\" }\n");
+        assert!(e.starts_with("test.toml:2:"), "{e}");
+        let e = err("[policy]\nerror_style = \"ancient\"\n");
+        assert!(e.starts_with("test.toml:2:"), "{e}");
+        let e = err("[policy]\nroles = \"everyone\"\n");
+        assert!(e.starts_with("test.toml:2:"), "{e}");
+        let e = err("[cache]\nmax_bytes = -5\n");
+        assert!(e.starts_with("test.toml:2:"), "{e}");
+        let e = err("[server]\nlisten = \"nowhere\"\n");
+        assert!(e.starts_with("test.toml:2:"), "{e}");
+        let e = err("[server]\nmax_connections = \"many\"\n");
+        assert!(e.starts_with("test.toml:2:"), "{e}");
+        let e = err("[server\n");
+        assert!(e.starts_with("test.toml:1:"), "{e}");
+    }
+
+    #[test]
+    fn zero_limits_name_the_key() {
+        let e = err("[rate_limit]\nper_user = { requests = 0, per = \"1s\" }\n");
+        assert_eq!(e, "test.toml: rate_limit.per_user.requests: must be at least 1");
+        let e = err("[cache]\nttl = \"0s\"\n");
+        assert_eq!(e, "test.toml: cache.ttl: must be longer than zero");
+        let e = err("[server]\nmax_connections = 0\n");
+        assert_eq!(e, "test.toml: server.max_connections: must be at least 1");
+        let e = err("[policy.params]\nmax_count = 0\n");
+        assert_eq!(e, "test.toml: policy.params.max_count: must be at least 1");
+        let e = err("[policy.params]\ndefault_count = 500\n");
+        assert!(e.contains("policy.params.default_count"), "{e}");
+    }
+
+    #[test]
+    fn upstream_setting_needs_a_service_account() {
+        let e = err("[policy]\ndm_history_endpoint = \"upstream\"\n");
+        assert!(e.contains("service_account"), "{e}");
+        let c = parse(
+            "[policy]\ndm_history_endpoint = \"upstream\"\n[upstream.service_account]\nuser_id = \"svc\"\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.upstream.service_account.map(|s| s.token_env),
+            Some("ROCKETCHAT_SHIM_SERVICE_TOKEN".to_string())
+        );
+    }
+
+    #[test]
+    fn urls_prefixes_and_roles() {
+        let c = parse(
+            "[upstream]\nurl = \"https://chat.example\"\npath_prefix = \"/chat/\"\n[policy]\nroles = [\"admin\", \"auditor\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(c.upstream.url.to_string(), "https://chat.example:443");
+        assert_eq!(c.upstream.path_prefix, "/chat");
+        assert_eq!(
+            c.policy.roles,
+            RolesSource::List(vec!["admin".into(), "auditor".into()])
+        );
+        assert!(err("[upstream]\nurl = \"http://h/sub\"\n").contains("path_prefix"));
+        assert!(err("[upstream]\npath_prefix = \"chat\"\n").contains("must start with '/'"));
+        let c = parse("[admin]\nlisten = \"\"\n").expect("valid");
+        assert_eq!(c.admin.listen, None);
+    }
+
+    #[test]
+    fn trusted_proxies_accept_cidrs_and_addresses() {
+        let c = parse("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\", \"192.168.1.7\"]\n")
+            .expect("valid");
+        assert_eq!(c.server.trusted_proxies.len(), 3);
+    }
+}

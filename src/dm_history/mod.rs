@@ -1,0 +1,2 @@
+//! The intercepted direct-message history endpoint.
+pub mod errors;
