@@ -404,10 +404,7 @@ impl Config {
     /// Parses and validates `text`; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|s| line_col(text, s.start))
-                .unwrap_or((1, 1));
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
             ConfigError::Parse {
                 path: path.to_owned(),
                 line,
@@ -436,7 +433,10 @@ impl Config {
             ("server.shutdown_grace", self.server.shutdown_grace),
             ("upstream.connect_timeout", self.upstream.connect_timeout),
             ("upstream.response_timeout", self.upstream.response_timeout),
-            ("upstream.pool_idle_timeout", self.upstream.pool_idle_timeout),
+            (
+                "upstream.pool_idle_timeout",
+                self.upstream.pool_idle_timeout,
+            ),
             ("policy.identity_ttl", self.policy.identity_ttl),
             ("policy.permissions_ttl", self.policy.permissions_ttl),
             ("policy.setting_ttl", self.policy.setting_ttl),
@@ -506,12 +506,17 @@ impl Config {
         }
         if let Some(sa) = &self.upstream.service_account {
             if sa.token_env.trim().is_empty() {
-                return bad("upstream.service_account.token_env", "must name an environment variable");
+                return bad(
+                    "upstream.service_account.token_env",
+                    "must name an environment variable",
+                );
             }
         }
         if self.rate_limit.backend == RateLimitBackend::Redis {
             let u = &self.rate_limit.redis.url;
-            if !(u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("unix://"))
+            if !(u.starts_with("redis://")
+                || u.starts_with("rediss://")
+                || u.starts_with("unix://"))
             {
                 return bad(
                     "rate_limit.redis.url",
@@ -551,7 +556,12 @@ fn line_col(text: &str, at: usize) -> (usize, usize) {
     let at = at.min(text.len());
     let before = &text[..at];
     let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, col)
 }
 
@@ -596,7 +606,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
             "\"{s}\" is not a size: write bytes or e.g. \"64MiB\", \"512KiB\""
         ));
     }
-    let n: u64 = num.parse().map_err(|_| format!("\"{s}\" is out of range"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("\"{s}\" is out of range"))?;
     let mul: u64 = match unit.trim() {
         "" | "B" => 1,
         "KiB" => 1 << 10,
@@ -677,7 +689,11 @@ fn de_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
             "\"{s}\" must start with '/', e.g. \"/chat\""
         )));
     }
-    if t.contains(['?', '#', '%', '\\', ' ']) || t.split('/').skip(1).any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+    if t.contains(['?', '#', '%', '\\', ' '])
+        || t.split('/')
+            .skip(1)
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
         return Err(de::Error::custom(format!(
             "\"{s}\" must be a plain path such as \"/chat\""
         )));
@@ -807,7 +823,10 @@ mod tests {
     #[test]
     fn zero_limits_name_the_key() {
         let e = err("[rate_limit]\nper_user = { requests = 0, per = \"1s\" }\n");
-        assert_eq!(e, "test.toml: rate_limit.per_user.requests: must be at least 1");
+        assert_eq!(
+            e,
+            "test.toml: rate_limit.per_user.requests: must be at least 1"
+        );
         let e = err("[cache]\nttl = \"0s\"\n");
         assert_eq!(e, "test.toml: cache.ttl: must be longer than zero");
         let e = err("[server]\nmax_connections = 0\n");

@@ -1,5 +1,22 @@
 //! rocketchat-shim: a hardening, caching, rate-limiting sidecar proxy for Rocket.Chat.
+//!
+//! Every request goes upstream untouched except the direct-message history endpoint
+//! (`/api/v1/im.messages.others`, alias `dm.messages.others`), which the shim owns: it checks
+//! who is calling, applies the setting and permission policy, validates and canonicalises the
+//! parameters, rate-limits, serves from its cache, and only then asks the upstream.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
+pub mod admin;
+pub mod body;
+pub mod cache;
 pub mod config;
+pub mod demo;
 pub mod dm_history;
+pub mod metrics;
+pub mod proxy;
+pub mod ratelimit;
+pub mod respond;
+pub mod route;
+pub mod server;
+pub mod state;

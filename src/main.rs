@@ -1,1 +1,148 @@
-fn main(){}
+//! The `rocketchat-shim` command: run the proxy, `check` a config, or run the `demo`.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use rocketchat_shim::config::Config;
+use rocketchat_shim::server;
+
+#[derive(Parser)]
+#[command(
+    name = "rocketchat-shim",
+    version,
+    about = "A hardening, caching, rate-limiting sidecar proxy for Rocket.Chat's direct-message history endpoint"
+)]
+struct Cli {
+    /// The config file (default: config.toml in the working directory).
+    #[arg(long, global = true, env = "ROCKETCHAT_SHIM_CONFIG")]
+    config: Option<PathBuf>,
+    /// Runtime worker threads (default: one per core).
+    #[arg(long, global = true)]
+    workers: Option<usize>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse and validate the config only; print `ok` or the errors.
+    Check,
+    /// Start a stand-in Rocket.Chat with seeded data and the shim in front of it, and print
+    /// curl commands to try.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let path = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("config.toml"));
+    match cli.command {
+        Some(Command::Check) => match Config::load(&path) {
+            Ok(_) => {
+                println!("ok");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Some(Command::Demo) => {
+            init_tracing("warn,access=off");
+            runtime(cli.workers)
+                .and_then(|rt| {
+                    rt.block_on(rocketchat_shim::demo::run()).map_err(|e| {
+                        eprintln!("demo: {e}");
+                        ExitCode::from(1)
+                    })
+                })
+                .map(|()| ExitCode::SUCCESS)
+                .unwrap_or_else(|c| c)
+        }
+        None => {
+            let config = match Config::load(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_tracing("info");
+            match runtime(cli.workers) {
+                Ok(rt) => rt.block_on(run(config, path)),
+                Err(c) => c,
+            }
+        }
+    }
+}
+
+fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.enable_all();
+    if let Some(n) = workers {
+        b.worker_threads(n.max(1));
+    }
+    b.build().map_err(|e| {
+        eprintln!("cannot start the runtime: {e}");
+        ExitCode::from(1)
+    })
+}
+
+/// JSON lines on stdout, filtered by `RUST_LOG` (default `default`).
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout)
+        .init();
+}
+
+async fn run(config: Config, path: PathBuf) -> ExitCode {
+    let running = match server::start(config).await {
+        Ok(r) => r,
+        Err(e @ server::StartError::Setup(_)) => {
+            tracing::error!(error = %e, "bad configuration");
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int, mut hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+        _ => {
+            eprintln!("cannot install signal handlers");
+            return ExitCode::from(1);
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                let _ = server::reload_from(&running.app, &path);
+            }
+        }
+    }
+    tracing::info!("shutdown requested");
+    running.shutdown();
+    running.wait().await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,238 @@
+//! The endpoint's response cache (moka): answers keyed by user id + canonical query, stored
+//! only when they are a 200 with `"success":true`, for `ttl`, within `max_bytes` (body bytes
+//! plus a fixed per-entry overhead). Concurrent misses on one key are coalesced: the first
+//! starts one upstream fetch in its own task, the others wait for that task; a waiter (the
+//! first included) that goes away does not cancel it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use http::{HeaderValue, StatusCode};
+use moka::notification::RemovalCause;
+use moka::sync::Cache;
+
+use crate::config::CacheConfig;
+use crate::dm_history::errors::ApiError;
+use crate::metrics::Metrics;
+
+/// Bytes counted for each entry beyond its body and key: moka's own bookkeeping, the `Arc`,
+/// the timestamps and the content type.
+pub const ENTRY_OVERHEAD: u64 = 256;
+
+/// An upstream answer as the shim keeps it.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub status: StatusCode,
+    pub content_type: Option<HeaderValue>,
+    pub body: Bytes,
+    /// When the upstream answered.
+    pub at: Instant,
+}
+
+impl Fetched {
+    /// Whether this answer may be stored: a 200 whose JSON says `"success": true`.
+    pub fn cacheable(&self) -> bool {
+        #[derive(serde::Deserialize)]
+        struct Success {
+            success: Option<bool>,
+        }
+        self.status == StatusCode::OK
+            && serde_json::from_slice::<Success>(&self.body)
+                .map(|s| s.success == Some(true))
+                .unwrap_or(false)
+    }
+}
+
+/// The result of a fetch, shared by every waiter.
+pub type FetchResult = Arc<Result<Fetched, ApiError>>;
+
+type Inflight = Shared<BoxFuture<'static, FetchResult>>;
+
+/// How a request was answered, for `Cache-Status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Served from the cache; seconds of freshness left.
+    Hit { ttl_left: u64 },
+    /// Went upstream (this request started the fetch).
+    Miss { stored: bool },
+    /// Waited for an identical fetch another request started.
+    Collapsed { stored: bool },
+    /// `Cache-Control: no-cache`: skipped the lookup and refreshed.
+    Refresh { stored: bool },
+    /// The cache is off.
+    Disabled,
+    /// The answer was decided before the cache (policy, parameters, rate limit).
+    Bypass,
+}
+
+impl Outcome {
+    /// The RFC 9211 `Cache-Status` value.
+    pub fn header(&self) -> HeaderValue {
+        let s = match self {
+            Outcome::Hit { ttl_left } => format!("rocketchat-shim; hit; ttl={ttl_left}"),
+            Outcome::Miss { stored } => stored_suffix("rocketchat-shim; fwd=miss", *stored),
+            Outcome::Collapsed { stored } => {
+                stored_suffix("rocketchat-shim; fwd=miss; collapsed", *stored)
+            }
+            Outcome::Refresh { stored } => stored_suffix("rocketchat-shim; fwd=request", *stored),
+            Outcome::Disabled => "rocketchat-shim; fwd=bypass; detail=disabled".into(),
+            Outcome::Bypass => "rocketchat-shim; fwd=bypass".into(),
+        };
+        HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("rocketchat-shim"))
+    }
+
+    /// A short label for the access log.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Hit { .. } => "hit",
+            Outcome::Miss { .. } => "miss",
+            Outcome::Collapsed { .. } => "collapsed",
+            Outcome::Refresh { .. } => "refresh",
+            Outcome::Disabled => "disabled",
+            Outcome::Bypass => "bypass",
+        }
+    }
+}
+
+fn stored_suffix(base: &str, stored: bool) -> String {
+    if stored {
+        format!("{base}; stored")
+    } else {
+        base.to_owned()
+    }
+}
+
+struct Inner {
+    store: Cache<Arc<str>, Arc<Fetched>>,
+    inflight: Mutex<HashMap<Arc<str>, Inflight>>,
+    ttl: Duration,
+    metrics: Metrics,
+}
+
+/// The response cache. Cheap to clone.
+#[derive(Clone)]
+pub struct ResponseCache(Arc<Inner>);
+
+impl ResponseCache {
+    /// A cache with the settings of `cfg` (which must be enabled).
+    pub fn new(cfg: &CacheConfig, metrics: Metrics) -> Self {
+        let m = metrics.clone();
+        let store = Cache::builder()
+            .max_capacity(cfg.max_bytes)
+            .time_to_live(cfg.ttl)
+            .weigher(|k: &Arc<str>, v: &Arc<Fetched>| {
+                let w = v.body.len() as u64 + k.len() as u64 + ENTRY_OVERHEAD;
+                w.min(u32::MAX as u64) as u32
+            })
+            .eviction_listener(move |_k, _v, cause| {
+                if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
+                    m.counters().cache_evictions.fetch_add(1, Relaxed);
+                }
+            })
+            .build();
+        ResponseCache(Arc::new(Inner {
+            store,
+            inflight: Mutex::new(HashMap::new()),
+            ttl: cfg.ttl,
+            metrics,
+        }))
+    }
+
+    /// The cache key: user id and the credential-free canonical query.
+    pub fn key(user_id: &str, canonical: &str) -> Arc<str> {
+        let mut k = String::with_capacity(user_id.len() + canonical.len() + 1);
+        k.push_str(user_id);
+        k.push('\n');
+        k.push_str(canonical);
+        Arc::from(k)
+    }
+
+    /// A fresh stored answer for `key`, with its seconds of freshness left.
+    pub fn lookup(&self, key: &Arc<str>) -> Option<(Arc<Fetched>, u64)> {
+        let hit = self.0.store.get(key)?;
+        let age = hit.at.elapsed();
+        if age >= self.0.ttl {
+            return None;
+        }
+        self.0.metrics.counters().cache_hits.fetch_add(1, Relaxed);
+        Some((hit.clone(), (self.0.ttl - age).as_secs_f64().ceil() as u64))
+    }
+
+    /// Answers a miss: joins the fetch already running for `key`, or starts `fetch` in its own
+    /// task. Stores the answer when it is cacheable. `refresh` marks a `no-cache` request.
+    pub async fn fetch<F>(&self, key: Arc<str>, refresh: bool, fetch: F) -> (FetchResult, Outcome)
+    where
+        F: Future<Output = Result<Fetched, ApiError>> + Send + 'static,
+    {
+        let (fut, leader) = {
+            let mut inflight = match self.0.inflight.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if let Some(f) = inflight.get(&key) {
+                (f.clone(), false)
+            } else {
+                let inner = self.0.clone();
+                let task_key = key.clone();
+                let task = tokio::spawn(async move {
+                    let result = fetch.await;
+                    let stored = matches!(&result, Ok(f) if f.cacheable());
+                    if let (true, Ok(f)) = (stored, &result) {
+                        inner.store.insert(task_key.clone(), Arc::new(f.clone()));
+                        inner.metrics.counters().cache_stores.fetch_add(1, Relaxed);
+                    }
+                    // Only after storing, so a request arriving now finds the entry.
+                    if let Ok(mut m) = inner.inflight.lock() {
+                        m.remove(&task_key);
+                    }
+                    Arc::new(result)
+                });
+                let fut: BoxFuture<'static, FetchResult> = async move {
+                    task.await.unwrap_or_else(|_| {
+                        Arc::new(Err(ApiError::bad_gateway("The upstream fetch failed")))
+                    })
+                }
+                .boxed();
+                let shared = fut.shared();
+                inflight.insert(key.clone(), shared.clone());
+                (shared, true)
+            }
+        };
+        let c = self.0.metrics.counters();
+        if leader {
+            c.cache_misses.fetch_add(1, Relaxed);
+        } else {
+            c.cache_coalesced.fetch_add(1, Relaxed);
+        }
+        let result = fut.await;
+        let stored = matches!(result.as_ref(), Ok(f) if f.cacheable());
+        let outcome = match (refresh, leader) {
+            (true, true) => Outcome::Refresh { stored },
+            (_, true) => Outcome::Miss { stored },
+            (_, false) => Outcome::Collapsed { stored },
+        };
+        (result, outcome)
+    }
+
+    /// Entries held now (after pending maintenance).
+    pub fn entry_count(&self) -> u64 {
+        self.0.store.run_pending_tasks();
+        self.0.store.entry_count()
+    }
+
+    /// Weighted size held now: body bytes plus per-entry overhead.
+    pub fn weighted_size(&self) -> u64 {
+        self.0.store.run_pending_tasks();
+        self.0.store.weighted_size()
+    }
+
+    /// Whether `other` was built from the same settings (then a reload keeps this one).
+    pub fn ttl(&self) -> Duration {
+        self.0.ttl
+    }
+}

@@ -1,0 +1,111 @@
+//! `rocketchat-shim demo`: a stand-in Rocket.Chat with seeded users and DM rooms, the shim in
+//! front of it with a demo policy, and ready-to-paste curl commands. Nothing else is needed.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rocketchat_standin::{Seed, Standin};
+
+use crate::config::{Budget, Config, DmHistoryEndpoint, RolesSource};
+use crate::server;
+
+/// Runs until Ctrl-C or SIGTERM.
+pub async fn run() -> Result<(), String> {
+    let standin = Standin::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), Seed::default())
+        .await
+        .map_err(|e| format!("cannot start the stand-in Rocket.Chat: {e}"))?;
+    let mut config = config_disabled(&standin.url())?;
+    config.policy.dm_history_endpoint = DmHistoryEndpoint::Enabled;
+    config.policy.roles = RolesSource::Upstream;
+    config.rate_limit.per_user = Budget {
+        requests: 5,
+        per: Duration::from_secs(60),
+    };
+    // Prefer the documented ports; fall back to free ones.
+    let running = match server::start(config.clone()).await {
+        Ok(r) => r,
+        Err(_) => {
+            config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+            config.admin.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+            server::start(config)
+                .await
+                .map_err(|e| format!("cannot start the shim: {e}"))?
+        }
+    };
+    // A second shim with the shipped default policy (endpoint disabled), to show that answer.
+    let mut off = config_disabled(&standin.url())?;
+    off.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    off.admin.listen = None;
+    let disabled = server::start(off)
+        .await
+        .map_err(|e| format!("cannot start the second shim: {e}"))?;
+    let shim_off = format!("http://{}", disabled.addr);
+    let shim = format!("http://{}", running.addr);
+    let admin = running
+        .admin_addr
+        .map(|a| format!("http://{a}"))
+        .unwrap_or_default();
+    let up = standin.url();
+    let ep = "/api/v1/dm.messages.others?roomId=alice-idbob-id&count=2";
+    let admin_h = "-H 'X-User-Id: admin-id' -H 'X-Auth-Token: admin-token'";
+    let alice_h = "-H 'X-User-Id: alice-id' -H 'X-Auth-Token: alice-token'";
+    println!(
+        r#"rocketchat-shim demo
+  stand-in Rocket.Chat: {up}   (users: admin/admin-token, alice/alice-token; DM room alice-idbob-id)
+  shim:                 {shim}
+  shim, endpoint off:   {shim_off}
+  admin:                {admin}   (/livez, /readyz, /metrics)
+
+Policy: endpoint enabled, roles from the upstream (admin holds view-room-administration),
+per-user budget 5 requests a minute, cache ttl 5s.
+
+# 200: the admin reads alice's DM with bob (first a miss, then a hit: see Cache-Status)
+curl -si {admin_h} '{shim}{ep}'
+curl -si {admin_h} '{shim}{ep}' | grep -i cache-status
+
+# 401: no credentials
+curl -si '{shim}{ep}'
+
+# 403: alice does not hold view-room-administration
+curl -si {alice_h} '{shim}{ep}'
+
+# 400: bypass attempts the shim refuses (operator injection, unlimited count)
+curl -si -g {admin_h} '{shim}/api/v1/im.messages.others?roomId[$ne]=x'
+curl -si {admin_h} '{shim}/api/v1/im.messages.others?roomId=alice-idbob-id&count=-100000'
+curl -si {admin_h} '{shim}/api/v1/IM.MESSAGES.OTHERS/?roomId=alice-idbob-id&query=%7B%22%24where%22%3A%221%22%7D'
+
+# 429: the per-user budget (5 a minute) is spent; the 6th request in a minute is refused
+for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' -H 'Cache-Control: no-cache' {admin_h} '{shim}{ep}'; done; echo
+
+# 400: the endpoint disabled by policy (a second shim, {shim_off}, runs the shipped default
+# policy.dm_history_endpoint = "disabled"): Rocket.Chat's own error-endpoint-disabled
+curl -si {admin_h} '{shim_off}{ep}'
+
+# Everything else passes through untouched, websockets included
+curl -si '{shim}/api/info'
+
+# Metrics
+curl -s '{admin}/metrics' | grep -E '^rcshim_(requests_total|cache_|ratelimit_)'
+
+Press Ctrl-C to stop."#
+    );
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    running.shutdown();
+    disabled.shutdown();
+    running.wait().await;
+    disabled.wait().await;
+    standin.shutdown().await;
+    Ok(())
+}
+
+/// The shipped defaults pointed at `url` (the endpoint disabled).
+fn config_disabled(url: &str) -> Result<Config, String> {
+    let mut config = Config::default();
+    config.upstream.url = crate::config::parse_upstream_url(url)?;
+    Ok(config)
+}

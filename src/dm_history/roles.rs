@@ -1,0 +1,195 @@
+//! The two policy inputs that may come from the upstream: which roles hold the permission
+//! (`permissions.listAll`, cached for `permissions_ttl`) and whether the endpoint is enabled
+//! (the `API_Enable_Direct_Message_History_EndPoint` setting, read with the service account,
+//! cached for `setting_ttl`). Concurrent first reads share one upstream call; failures are not
+//! cached and make the caller fail closed.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use http::StatusCode;
+use moka::future::Cache;
+use serde_json::Value;
+
+use crate::config::{DmHistoryEndpoint, PolicyConfig, RolesSource};
+use crate::dm_history::identity::Credential;
+use crate::dm_history::lookup::{self, LookupError};
+use crate::metrics::Metrics;
+use crate::proxy::Upstream;
+use crate::state::RequestCtx;
+
+/// The setting's id.
+pub const SETTING_ID: &str = "API_Enable_Direct_Message_History_EndPoint";
+
+/// Roles holding the permission.
+pub struct Roles {
+    source: RolesSource,
+    permission: String,
+    service: Option<Credential>,
+    cache: Cache<(), Arc<Vec<String>>>,
+    metrics: Metrics,
+}
+
+impl Roles {
+    pub fn new(policy: &PolicyConfig, service: Option<Credential>, metrics: Metrics) -> Self {
+        Roles {
+            source: policy.roles.clone(),
+            permission: policy.permission.clone(),
+            service,
+            cache: Cache::builder()
+                .max_capacity(1)
+                .time_to_live(policy.permissions_ttl)
+                .build(),
+            metrics,
+        }
+    }
+
+    /// The roles: the configured list, or the upstream's (read with the service account when
+    /// one is configured, otherwise with the caller's credential: any logged-in user may call
+    /// `permissions.listAll`).
+    pub async fn get(
+        &self,
+        upstream: &Upstream,
+        caller: &Credential,
+        ctx: &RequestCtx,
+    ) -> Result<Arc<Vec<String>>, LookupError> {
+        if let RolesSource::List(l) = &self.source {
+            return Ok(Arc::new(l.clone()));
+        }
+        let cred = self.service.as_ref().unwrap_or(caller);
+        let r = self
+            .cache
+            .try_get_with((), async {
+                self.metrics
+                    .counters()
+                    .permission_upstream_calls
+                    .fetch_add(1, Relaxed);
+                let (status, body) = lookup::get_json(
+                    upstream,
+                    "/api/v1/permissions.listAll",
+                    "permissions.listAll",
+                    cred,
+                    ctx,
+                )
+                .await?;
+                if status != StatusCode::OK {
+                    return Err(LookupError::Status(status, "permissions.listAll"));
+                }
+                roles_of(&body, &self.permission).map(Arc::new)
+            })
+            .await;
+        r.map_err(|e| {
+            self.metrics
+                .counters()
+                .permission_failures
+                .fetch_add(1, Relaxed);
+            e.as_ref().clone()
+        })
+    }
+}
+
+/// The roles of `permission` in a `permissions.listAll` answer. A permission the server does
+/// not list is held by nobody.
+pub fn roles_of(body: &Value, permission: &str) -> Result<Vec<String>, LookupError> {
+    let update = body
+        .get("update")
+        .and_then(Value::as_array)
+        .ok_or_else(|| LookupError::Shape("permissions.listAll", "no \"update\" list".into()))?;
+    Ok(update
+        .iter()
+        .find(|p| p.get("_id").and_then(Value::as_str) == Some(permission))
+        .and_then(|p| p.get("roles"))
+        .and_then(Value::as_array)
+        .map(|roles| {
+            roles
+                .iter()
+                .filter_map(|r| r.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Whether the endpoint is enabled.
+pub struct Setting {
+    mode: DmHistoryEndpoint,
+    service: Option<Credential>,
+    cache: Cache<(), bool>,
+    metrics: Metrics,
+}
+
+impl Setting {
+    pub fn new(policy: &PolicyConfig, service: Option<Credential>, metrics: Metrics) -> Self {
+        Setting {
+            mode: policy.dm_history_endpoint,
+            service,
+            cache: Cache::builder()
+                .max_capacity(1)
+                .time_to_live(policy.setting_ttl)
+                .build(),
+            metrics,
+        }
+    }
+
+    /// `enabled`/`disabled` decide locally; `upstream` reads the server's setting (anything
+    /// but boolean `true` is disabled, as in Rocket.Chat).
+    pub async fn enabled(
+        &self,
+        upstream: &Upstream,
+        ctx: &RequestCtx,
+    ) -> Result<bool, LookupError> {
+        match self.mode {
+            DmHistoryEndpoint::Enabled => return Ok(true),
+            DmHistoryEndpoint::Disabled => return Ok(false),
+            DmHistoryEndpoint::Upstream => {}
+        }
+        let Some(cred) = &self.service else {
+            return Err(LookupError::Shape(
+                "the setting",
+                "no service account is configured".into(),
+            ));
+        };
+        let r = self
+            .cache
+            .try_get_with((), async {
+                self.metrics
+                    .counters()
+                    .setting_upstream_calls
+                    .fetch_add(1, Relaxed);
+                let path = format!("/api/v1/settings/{SETTING_ID}");
+                let (status, body) =
+                    lookup::get_json(upstream, &path, "the setting", cred, ctx).await?;
+                if status != StatusCode::OK {
+                    return Err(LookupError::Status(status, "the setting"));
+                }
+                Ok(body.get("value") == Some(&Value::Bool(true)))
+            })
+            .await;
+        r.map_err(|e| {
+            self.metrics
+                .counters()
+                .setting_failures
+                .fetch_add(1, Relaxed);
+            e.as_ref().clone()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn roles_from_list_all() {
+        let body = json!({"update":[
+            {"_id":"view-room-administration","roles":["admin","auditor"]},
+            {"_id":"other","roles":["user"]}
+        ],"remove":[],"success":true});
+        assert_eq!(
+            roles_of(&body, "view-room-administration").ok(),
+            Some(vec!["admin".to_string(), "auditor".to_string()])
+        );
+        assert_eq!(roles_of(&body, "missing").ok(), Some(vec![]));
+        assert!(roles_of(&json!({"success":true}), "x").is_err());
+    }
+}

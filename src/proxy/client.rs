@@ -1,0 +1,128 @@
+//! The one pooled upstream client, with the connect and response-head timeouts and the
+//! mapping of its failures to the shim's 502 and 504 answers.
+
+use std::time::Duration;
+
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::ProxyBody;
+use crate::config::UpstreamConfig;
+
+/// Why the upstream gave no usable answer head.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Refused, unreachable, or not connected within `connect_timeout`.
+    #[error("cannot connect to the upstream: {0}")]
+    Connect(String),
+    /// No response head within `response_timeout`.
+    #[error("the upstream sent no response head within {0:?}")]
+    Timeout(Duration),
+    /// The connection broke or the upstream did not speak HTTP.
+    #[error("the upstream broke the exchange: {0}")]
+    Protocol(String),
+    /// The shim could not build the upstream request (a bug or a bad target).
+    #[error("cannot build the upstream request: {0}")]
+    Request(String),
+}
+
+impl UpstreamError {
+    /// A short label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect(_) => "connect",
+            UpstreamError::Timeout(_) => "timeout",
+            UpstreamError::Protocol(_) => "protocol",
+            UpstreamError::Request(_) => "request",
+        }
+    }
+}
+
+/// The upstream Rocket.Chat server and the pooled client that reaches it.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<HttpConnector, ProxyBody>,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    response_timeout: Duration,
+    /// `upstream.path_prefix`, "" or like "/chat".
+    pub path_prefix: String,
+}
+
+impl Upstream {
+    /// Builds the client: keep-alive pool whose idle connections close after
+    /// `pool_idle_timeout` (below Node's 5 s keep-alive, so the shim never reuses a connection
+    /// the upstream is about to close), `TCP_NODELAY`, `connect_timeout`.
+    pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, String> {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(cfg.connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(cfg.url.scheme == crate::config::Scheme::Http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(cfg.pool_idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_max_idle_per_host(1024)
+            .retry_canceled_requests(true)
+            .set_host(false)
+            .build(connector);
+        let authority = cfg
+            .url
+            .authority
+            .parse()
+            .map_err(|e| format!("upstream.url: {e}"))?;
+        let scheme = match cfg.url.scheme {
+            crate::config::Scheme::Http => http::uri::Scheme::HTTP,
+            crate::config::Scheme::Https => http::uri::Scheme::HTTPS,
+        };
+        Ok(Upstream {
+            client,
+            scheme,
+            authority,
+            response_timeout: cfg.response_timeout,
+            path_prefix: cfg.path_prefix.clone(),
+        })
+    }
+
+    /// The absolute upstream URI for a path-and-query (which must start with `/`).
+    pub fn uri(&self, path_and_query: &str) -> Result<Uri, UpstreamError> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| UpstreamError::Request(e.to_string()))
+    }
+
+    /// The upstream's `host:port`, used as `Host` when the client sent none.
+    pub fn authority(&self) -> &http::uri::Authority {
+        &self.authority
+    }
+
+    /// Sends `req` and waits for the response head, up to `response_timeout`
+    /// (`timeout = false` for upgrade requests is not needed: the head of a 101 arrives
+    /// promptly and the tunnel after it has no total timeout).
+    pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, UpstreamError> {
+        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+            Err(_) => Err(UpstreamError::Timeout(self.response_timeout)),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
+            Ok(Err(e)) => Err(UpstreamError::Protocol(error_chain(&e))),
+        }
+    }
+}
+
+/// An error with its sources, for a log line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,79 @@
+//! `rocketchat-standin [--listen 127.0.0.1:3000] [--dm-history-disabled]`: runs the stand-in
+//! Rocket.Chat server with the default seed until SIGTERM or Ctrl-C.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use rocketchat_standin::{Seed, Standin};
+
+const USAGE: &str = "usage: rocketchat-standin [--listen ADDR] [--dm-history-disabled]";
+
+fn parse_args() -> Result<(SocketAddr, bool), String> {
+    let mut listen = SocketAddr::from(([127, 0, 0, 1], 3000));
+    let mut dm_history_enabled = true;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--listen" => {
+                let v = args.next().ok_or("--listen needs an address")?;
+                listen = v.parse().map_err(|e| format!("bad --listen address {v:?}: {e}"))?;
+            }
+            a if a.starts_with("--listen=") => {
+                let v = &a["--listen=".len()..];
+                listen = v.parse().map_err(|e| format!("bad --listen address {v:?}: {e}"))?;
+            }
+            "--dm-history-disabled" => dm_history_enabled = false,
+            "-h" | "--help" => return Err(USAGE.to_string()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    Ok((listen, dm_history_enabled))
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let (listen, dm_history_enabled) = match parse_args() {
+        Ok(v) => v,
+        Err(msg) => {
+            eprintln!("{msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let seed = Seed { dm_history_enabled, ..Seed::default() };
+    let standin = match Standin::start_on(listen, seed).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("rocketchat-standin: cannot listen on {listen}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "rocketchat-standin listening on {}", standin.url());
+    let _ = out.flush();
+    wait_for_signal().await;
+    standin.shutdown().await;
+    ExitCode::SUCCESS
+}
