@@ -125,11 +125,7 @@ pub fn classify(raw_path: &str, path_prefix: &str, guard_related: bool) -> Route
         return Route::DmHistory;
     }
     let whatwg = match_endpoint(&normalize_whatwg(raw_path), &prefix, guard_related);
-    if whatwg != Route::Passthrough && decoded != Route::Passthrough {
-        // Both guarded (possibly different names): either is fine, prefer the decoded one.
-        return decoded;
-    }
-    if whatwg != Route::Passthrough {
+    if whatwg == Route::DmHistory || decoded == Route::Passthrough {
         whatwg
     } else {
         decoded
@@ -395,6 +391,19 @@ mod tests {
         ("/api/v1/DM.LIST.EVERYONE/", "", true, LIST),
         ("/api/v1/im%2Ecounters", "", true, COUNTERS),
         ("/chat/api/v1/dm.counters", "/chat", true, COUNTERS),
+        // The readings disagree (decoded: im.counters; WHATWG: the endpoint): DmHistory wins.
+        (
+            "/api/v1/im.messages.others/..%2Fim.counters%2Fy/..",
+            "",
+            true,
+            DM,
+        ),
+        (
+            "/api/v1/im.messages.others/..%2Fim.counters%2Fy/..",
+            "",
+            false,
+            DM,
+        ),
         // Near misses.
         ("/api/v1/im.list.everyone", "", false, PASS),
         ("/api/v1/im.counters", "", false, PASS),

@@ -102,6 +102,12 @@ impl ApiError {
         e
     }
 
+    /// A refused query string as a whole, when no single parameter is to blame (too long, too
+    /// many pairs, an undecodable parameter name): 400 `error-invalid-params`.
+    pub fn invalid_params(reason: &str) -> Self {
+        Self::failure("error-invalid-params", reason)
+    }
+
     /// `parseJsonQuery` errors (`error-invalid-sort`, `-fields`, `-query`), with its `details`.
     pub fn parse_json_query(error_type: &str, reason: &str) -> Self {
         let mut e = Self::failure(error_type, reason);
