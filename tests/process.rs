@@ -78,7 +78,10 @@ fn wait_exit(child: &mut Child, within: Duration) -> i32 {
         if let Some(s) = child.try_wait().expect("wait") {
             return s.code().unwrap_or(-1);
         }
-        assert!(std::time::Instant::now() < deadline, "the shim did not exit");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the shim did not exit"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -87,30 +90,61 @@ fn wait_exit(child: &mut Child, within: Duration) -> i32 {
 fn check_says_ok_or_names_the_line() {
     let dir = tempdir("check");
     let good = write_config(&dir, "http://127.0.0.1:3000", "");
-    let out = Command::new(BIN).arg("check").arg("--config").arg(&good).output().expect("run");
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg("--config")
+        .arg(&good)
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
 
     let bad = dir.join("bad.toml");
-    std::fs::write(&bad, "[server]\nlisten = \"127.0.0.1:0\"\n\n[cache]\nttl = \"soon\"\n").expect("write");
-    let out = Command::new(BIN).arg("check").arg("--config").arg(&bad).output().expect("run");
+    std::fs::write(
+        &bad,
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[cache]\nttl = \"soon\"\n",
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.starts_with(&format!("{}:5:7:", bad.display())), "{err}");
 
     // The environment variable names the file too.
-    let out = Command::new(BIN).arg("check").env("ROCKETCHAT_SHIM_CONFIG", &bad).output().expect("run");
+    let out = Command::new(BIN)
+        .arg("check")
+        .env("ROCKETCHAT_SHIM_CONFIG", &bad)
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(2));
 
     // Running with a bad config exits 2; a missing file too.
-    let out = Command::new(BIN).arg("--config").arg(&bad).output().expect("run");
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(2));
-    let out = Command::new(BIN).arg("--config").arg(dir.join("missing.toml")).output().expect("run");
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.join("missing.toml"))
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(2));
 
     // The root config.toml is valid.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
-    let out = Command::new(BIN).arg("check").arg("--config").arg(root).output().expect("run");
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg("--config")
+        .arg(root)
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(0));
 }
 
@@ -120,8 +154,16 @@ fn port_taken_exits_1() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = l.local_addr().expect("addr").port();
     let path = dir.join("config.toml");
-    std::fs::write(&path, format!("[server]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"\"\n")).expect("write");
-    let out = Command::new(BIN).arg("--config").arg(&path).output().expect("run");
+    std::fs::write(
+        &path,
+        format!("[server]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"\"\n"),
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(1));
 }
 
@@ -142,9 +184,15 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     signal(&child, "TERM");
-    let r = inflight.await.expect("join").expect("the in-flight request completed");
+    let r = inflight
+        .await
+        .expect("join")
+        .expect("the in-flight request completed");
     assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<serde_json::Value>().await.expect("json")["success"], true);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.expect("json")["success"],
+        true
+    );
     let code = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
         .await
         .expect("join");
@@ -170,12 +218,18 @@ async fn hundred_megabytes_stream_both_ways_in_flat_memory() {
     let (mut child, addr, _rx) = spawn(&cfg);
     let c = client();
     // Warm up, then take the baseline.
-    let _ = c.get(format!("http://{addr}/api/info")).send().await.expect("warm");
+    let _ = c
+        .get(format!("http://{addr}/api/info"))
+        .send()
+        .await
+        .expect("warm");
     let base = vm_hwm_kib(child.id());
 
     const MB100: usize = 100 * 1024 * 1024;
     let chunk = bytes::Bytes::from(vec![7u8; 64 * 1024]);
-    let stream = futures_util::stream::iter((0..MB100 / chunk.len()).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let stream = futures_util::stream::iter(
+        (0..MB100 / chunk.len()).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+    );
     let r = c
         .post(format!("http://{addr}/_standin/upload"))
         .body(reqwest::Body::wrap_stream(stream))
@@ -186,7 +240,11 @@ async fn hundred_megabytes_stream_both_ways_in_flat_memory() {
     let v: serde_json::Value = r.json().await.expect("json");
     assert_eq!(v["bytes"], MB100 as u64);
 
-    let mut r = c.get(format!("http://{addr}/_standin/bytes/{MB100}")).send().await.expect("download");
+    let mut r = c
+        .get(format!("http://{addr}/_standin/bytes/{MB100}"))
+        .send()
+        .await
+        .expect("download");
     let mut n = 0usize;
     while let Some(part) = r.chunk().await.expect("chunk") {
         n += part.len();
@@ -194,7 +252,11 @@ async fn hundred_megabytes_stream_both_ways_in_flat_memory() {
     assert_eq!(n, MB100);
     let peak = vm_hwm_kib(child.id());
     signal(&child, "TERM");
-    let _ = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10))).await;
+    let _ =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10))).await;
     let growth_mib = (peak.saturating_sub(base)) / 1024;
-    assert!(growth_mib < 32, "peak RSS grew by {growth_mib} MiB moving 2 x 100 MB");
+    assert!(
+        growth_mib < 32,
+        "peak RSS grew by {growth_mib} MiB moving 2 x 100 MB"
+    );
 }

@@ -30,7 +30,7 @@ impl Pair {
 }
 
 /// The config the tests start from: upstream = the stand-in, every listener on port 0,
-/// the endpoint enabled, roles from the upstream.
+/// the endpoint enabled, roles from the upstream, rate limits off (their tests turn them on).
 pub fn base_config(upstream: &str) -> Config {
     let mut c = Config::default();
     c.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -38,6 +38,7 @@ pub fn base_config(upstream: &str) -> Config {
     c.upstream.url = rocketchat_shim::config::parse_upstream_url(upstream).expect("url");
     c.policy.dm_history_endpoint = DmHistoryEndpoint::Enabled;
     c.policy.roles = RolesSource::Upstream;
+    c.rate_limit.enabled = false;
     c
 }
 
