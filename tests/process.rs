@@ -2,89 +2,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use rocketchat_standin::Standin;
 
-const BIN: &str = env!("CARGO_BIN_EXE_rocketchat-shim");
-
-fn write_config(dir: &std::path::Path, upstream: &str, extra: &str) -> std::path::PathBuf {
-    let path = dir.join("config.toml");
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"10s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{upstream}\"\n{extra}\n"
-    );
-    std::fs::write(&path, text).expect("write config");
-    path
-}
-
-fn tempdir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("rcshim-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("tempdir");
-    d
-}
-
-/// Starts the binary and waits for its "listening" log line; returns the child, the client
-/// address and a reader thread's channel of later stdout lines.
-fn spawn(config: &std::path::Path) -> (Child, String, std::sync::mpsc::Receiver<String>) {
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .arg("--workers")
-        .arg("2")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn shim");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
-            .expect("listening line");
-        if line.contains("rocketchat-shim listening") {
-            let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
-            let addr = v["addr"].as_str().expect("addr").to_owned();
-            return (child, addr, rx);
-        }
-    }
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(child.id().to_string())
-        .status()
-        .expect("kill")
-        .success();
-    assert!(ok);
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> i32 {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            return s.code().unwrap_or(-1);
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the shim did not exit"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use common::proc::*;
 
 #[test]
 fn check_says_ok_or_names_the_line() {

@@ -149,7 +149,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tokio::spawn(crate::admin::serve(l, app.clone()));
     }
     let done = tokio::spawn(serve(listener, app.clone(), shutdown.clone()));
-    tracing::info!(%addr, admin = ?admin_addr, "rocketchat-shim listening");
+    tracing::info!(
+        %addr,
+        admin = admin_addr.map(|a| a.to_string()).unwrap_or_default(),
+        "rocketchat-shim listening"
+    );
     Ok(Running {
         addr,
         admin_addr,

@@ -1,6 +1,8 @@
 //! Shared test harness: a stand-in Rocket.Chat and a shim in front of it, both on port 0.
 #![allow(dead_code)]
 
+pub mod proc;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
