@@ -113,6 +113,7 @@ struct Inner {
     upstream_errors: [AtomicU64; UPSTREAM_ERROR_KINDS.len()],
     open_connections: AtomicI64,
     open_tunnels: AtomicI64,
+    redis_latency: Histogram,
     counters: Counters,
     /// Gauges read at render time from their owners (cache size, rate-limit keys, ...).
     gauges: std::sync::Mutex<Vec<(&'static str, &'static str, GaugeFn)>>,
@@ -151,6 +152,7 @@ impl Metrics {
             upstream_errors: std::array::from_fn(|_| AtomicU64::new(0)),
             open_connections: AtomicI64::new(0),
             open_tunnels: AtomicI64::new(0),
+            redis_latency: Histogram::new(),
             counters: Counters::default(),
             gauges: std::sync::Mutex::new(Vec::new()),
         }))
@@ -166,6 +168,11 @@ impl Metrics {
         let s = (status as usize).clamp(STATUS_MIN, STATUS_MIN + STATUS_SPAN - 1) - STATUS_MIN;
         self.0.requests[class as usize * STATUS_SPAN + s].fetch_add(1, Ordering::Relaxed);
         self.0.latency[class as usize].observe(elapsed);
+    }
+
+    /// Times one Redis rate-limit call.
+    pub fn observe_redis(&self, d: Duration) {
+        self.0.redis_latency.observe(d);
     }
 
     /// Counts an upstream failure by kind (`connect`, `timeout`, `protocol`, `reset`, `request`).
@@ -259,6 +266,12 @@ impl Metrics {
                 &format!("route=\"{}\"", class.as_str()),
             );
         }
+        out.push_str("# HELP rcshim_ratelimit_redis_duration_seconds Redis rate-limit call latency.\n# TYPE rcshim_ratelimit_redis_duration_seconds histogram\n");
+        i.redis_latency.render(
+            &mut out,
+            "rcshim_ratelimit_redis_duration_seconds",
+            "backend=\"redis\"",
+        );
         out.push_str("# HELP rcshim_upstream_errors_total Upstream failures, by kind.\n# TYPE rcshim_upstream_errors_total counter\n");
         for (k, kind) in UPSTREAM_ERROR_KINDS.iter().enumerate() {
             let _ = writeln!(

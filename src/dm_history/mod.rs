@@ -94,7 +94,7 @@ impl DmHistory {
         let setting = Arc::new(Setting::new(&config.policy, service, metrics.clone()));
         let limits = match previous {
             Some(p) if same(&|c| c.rate_limit == config.rate_limit) => p.limits.clone(),
-            _ => Arc::new(RateLimits::new(&config.rate_limit)),
+            _ => Arc::new(RateLimits::new(&config.rate_limit, metrics.clone())?),
         };
         let cache = if !config.cache.enabled {
             None
@@ -165,13 +165,13 @@ impl DmHistory {
             return Err(ApiError::method_not_allowed());
         }
         let raw = RawQuery::parse(req.uri().query())?;
-        self.spend(self.limits.check_ip(ctx.client_ip), facts)?;
+        self.spend(self.limits.check_ip(ctx.client_ip).await?, facts)?;
         let cred = Credential::from_request(req.headers(), raw.access_token()?)
             .ok_or_else(|| ApiError::not_logged_in(style))?;
         let identity = self.identify(&cred, ctx).await?;
         facts.user_id = Some(identity.user_id.clone());
         self.authorize(&identity, &cred, ctx).await?;
-        self.spend(self.limits.check_user(&identity.user_id), facts)?;
+        self.spend(self.limits.check_user(&identity.user_id).await?, facts)?;
         let query = CanonicalQuery::from_raw(&raw, &self.config.policy.params)?;
         self.answer(req, &identity, &cred, &query, ctx, facts).await
     }

@@ -18,8 +18,12 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use http::HeaderValue;
 
-use crate::config::{Budget, RateLimitConfig};
+use crate::config::{Budget, OnFailure, RateLimitBackend, RateLimitConfig};
 use crate::dm_history::errors::ApiError;
+use crate::metrics::Metrics;
+
+pub mod redis;
+use self::redis::RedisLimiter;
 
 /// Which budget decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,34 +174,90 @@ fn spawn_sweeper<K: Hash + Eq + Clone + Send + Sync + 'static>(
     });
 }
 
-/// The two budgets of the endpoint, or none when `rate_limit.enabled = false`.
+/// The two budgets of the endpoint, or none when `rate_limit.enabled = false`. With the
+/// Redis backend the local budgets stay as the fallback of `on_failure = "local"`.
 pub struct RateLimits {
     pub per_ip: Option<LocalBudget<IpAddr>>,
     pub per_user: Option<LocalBudget<String>>,
+    budgets: (Budget, Budget),
+    redis: Option<Arc<RedisLimiter>>,
+    on_failure: OnFailure,
+    metrics: Metrics,
 }
 
 impl RateLimits {
-    pub fn new(cfg: &RateLimitConfig) -> Self {
-        if !cfg.enabled {
-            return RateLimits {
-                per_ip: None,
-                per_user: None,
-            };
-        }
-        RateLimits {
-            per_ip: Some(LocalBudget::new(cfg.per_ip, Which::PerIp)),
-            per_user: Some(LocalBudget::new(cfg.per_user, Which::PerUser)),
-        }
+    pub fn new(cfg: &RateLimitConfig, metrics: Metrics) -> Result<Self, String> {
+        let redis = if cfg.enabled && cfg.backend == RateLimitBackend::Redis {
+            Some(RedisLimiter::new(&cfg.redis, metrics.clone())?)
+        } else {
+            None
+        };
+        let (per_ip, per_user) = if cfg.enabled {
+            (
+                Some(LocalBudget::new(cfg.per_ip, Which::PerIp)),
+                Some(LocalBudget::new(cfg.per_user, Which::PerUser)),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(RateLimits {
+            per_ip,
+            per_user,
+            budgets: (cfg.per_ip, cfg.per_user),
+            redis,
+            on_failure: cfg.redis.on_failure,
+            metrics,
+        })
     }
 
-    /// Spends from the per-IP budget (`None` when limits are off).
-    pub fn check_ip(&self, ip: IpAddr) -> Option<Decision> {
-        self.per_ip.as_ref().map(|b| b.check(&ip))
+    /// Spends from the per-IP budget (`Ok(None)` when limits are off). `Err` is the 503 of
+    /// `on_failure = "deny"` while Redis is unavailable.
+    pub async fn check_ip(&self, ip: IpAddr) -> Result<Option<Decision>, ApiError> {
+        let Some(local) = &self.per_ip else {
+            return Ok(None);
+        };
+        self.decide(Which::PerIp, &ip.to_string(), self.budgets.0, || {
+            local.check(&ip)
+        })
+        .await
     }
 
-    /// Spends from the per-user budget (`None` when limits are off).
-    pub fn check_user(&self, user_id: &str) -> Option<Decision> {
-        self.per_user.as_ref().map(|b| b.check(&user_id.to_owned()))
+    /// Spends from the per-user budget (`Ok(None)` when limits are off).
+    pub async fn check_user(&self, user_id: &str) -> Result<Option<Decision>, ApiError> {
+        let Some(local) = &self.per_user else {
+            return Ok(None);
+        };
+        self.decide(Which::PerUser, user_id, self.budgets.1, || {
+            local.check(&user_id.to_owned())
+        })
+        .await
+    }
+
+    async fn decide(
+        &self,
+        which: Which,
+        key: &str,
+        budget: Budget,
+        local: impl FnOnce() -> Decision,
+    ) -> Result<Option<Decision>, ApiError> {
+        let Some(redis) = &self.redis else {
+            return Ok(Some(local()));
+        };
+        match redis.check(which, key, budget).await {
+            Ok(d) => Ok(Some(d)),
+            Err(_) => match self.on_failure {
+                OnFailure::Local => {
+                    self.metrics
+                        .counters()
+                        .ratelimit_redis_fallbacks
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Ok(Some(local()))
+                }
+                OnFailure::Deny => Err(ApiError::service_unavailable(
+                    "The shared rate limiter is unavailable; try again shortly",
+                )),
+            },
+        }
     }
 }
 
