@@ -85,8 +85,10 @@ async fn answer(app: &AppState, req: Request<Incoming>) -> Response<ProxyBody> {
 }
 
 fn upstream_fresh(app: &AppState) -> bool {
-    let last = app.last_upstream_answer_ms.load(Ordering::Relaxed);
-    last > 0 && app.started.elapsed().as_millis() as u64 - last < UPSTREAM_FRESH.as_millis() as u64
+    app.generation()
+        .upstream
+        .last_answer_age()
+        .is_some_and(|age| age < UPSTREAM_FRESH)
 }
 
 /// Asks the upstream's `GET /api/info` (any answer counts as alive).
@@ -102,10 +104,7 @@ async fn probe_upstream(app: &AppState) -> bool {
         req.headers_mut().insert(header::HOST, h);
     }
     match tokio::time::timeout(Duration::from_secs(2), gen.upstream.send(req)).await {
-        Ok(Ok(_)) => {
-            app.upstream_answered();
-            true
-        }
+        Ok(Ok(_)) => true,
         _ => false,
     }
 }

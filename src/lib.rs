@@ -13,6 +13,7 @@ pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod dm_history;
+pub mod fuzzing;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;

@@ -2,7 +2,7 @@
 //! and the per-request context.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,19 +31,10 @@ pub struct AppState {
     pub tunnels: TaskTracker,
     /// Set when a drain starts: `/readyz` answers 503.
     pub draining: AtomicBool,
-    /// When an upstream last answered anything (milliseconds since `started`), for `/readyz`.
-    pub last_upstream_answer_ms: AtomicU64,
     pub started: Instant,
 }
 
 impl AppState {
-    /// Notes that the upstream just answered (any status).
-    pub fn upstream_answered(&self) {
-        let ms = self.started.elapsed().as_millis() as u64;
-        self.last_upstream_answer_ms
-            .store(ms.max(1), Ordering::Relaxed);
-    }
-
     /// The current configuration generation.
     pub fn generation(&self) -> Arc<Generation> {
         self.current.load_full()

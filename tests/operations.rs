@@ -72,10 +72,7 @@ async fn admin_endpoints_livez_readyz_metrics() {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
     // The upstream gone for long enough: not ready.
-    p.shim
-        .app
-        .last_upstream_answer_ms
-        .store(0, std::sync::atomic::Ordering::Relaxed);
+    p.shim.app.generation().upstream.forget_last_answer();
     p.standin
         .set_fault(rocketchat_standin::Fault::HangBeforeHead);
     let r = client()

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
 use crate::body::ProxyBody;
@@ -458,11 +458,9 @@ pub async fn guard(
         Ok(()) => proxy::forward(app, &gen.upstream, req, ctx).await,
         Err(e) => respond::error(&e),
     };
-    if resp.status() == StatusCode::OK || resp.status().is_client_error() {
-        resp.extensions_mut().insert(LogFacts {
-            user_id: facts.user_id,
-            cache: None,
-        });
-    }
+    resp.extensions_mut().insert(LogFacts {
+        user_id: facts.user_id,
+        cache: None,
+    });
     resp
 }

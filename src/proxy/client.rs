@@ -1,7 +1,9 @@
 //! The one pooled upstream client, with the connect and response-head timeouts and the
 //! mapping of its failures to the shim's 502 and 504 answers.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
@@ -50,6 +52,14 @@ pub struct Upstream {
     response_timeout: Duration,
     /// `upstream.path_prefix`, "" or like "/chat".
     pub path_prefix: String,
+    /// When this upstream last sent a response head (milliseconds since [`epoch`], 0 = never).
+    last_answer_ms: Arc<AtomicU64>,
+}
+
+/// The process-wide reference instant for upstream heartbeats.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
 impl Upstream {
@@ -84,6 +94,7 @@ impl Upstream {
             authority,
             response_timeout: cfg.response_timeout,
             path_prefix: cfg.path_prefix.clone(),
+            last_answer_ms: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -102,13 +113,30 @@ impl Upstream {
         &self.authority
     }
 
+    /// How long ago the upstream last answered anything, if it ever did.
+    pub fn last_answer_age(&self) -> Option<Duration> {
+        match self.last_answer_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(epoch().elapsed().saturating_sub(Duration::from_millis(ms))),
+        }
+    }
+
+    /// Forgets the last answer (the next `/readyz` probes the upstream).
+    pub fn forget_last_answer(&self) {
+        self.last_answer_ms.store(0, Ordering::Relaxed);
+    }
+
     /// Sends `req` and waits for the response head, up to `response_timeout`
     /// (`timeout = false` for upgrade requests is not needed: the head of a 101 arrives
     /// promptly and the tunnel after it has no total timeout).
     pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, UpstreamError> {
         match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
             Err(_) => Err(UpstreamError::Timeout(self.response_timeout)),
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(resp)) => {
+                let ms = epoch().elapsed().as_millis() as u64;
+                self.last_answer_ms.store(ms.max(1), Ordering::Relaxed);
+                Ok(resp)
+            }
             Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
             Ok(Err(e)) => Err(UpstreamError::Protocol(error_chain(&e))),
         }

@@ -7,7 +7,7 @@ pub mod sniff;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -141,7 +141,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         metrics,
         tunnels: TaskTracker::new(),
         draining: AtomicBool::new(false),
-        last_upstream_answer_ms: AtomicU64::new(0),
         started: Instant::now(),
     });
     let shutdown = CancellationToken::new();
@@ -318,9 +317,6 @@ async fn handle(
             ),
         }
     };
-    if resp.status().as_u16() < 500 || resp.headers().contains_key(&headers::X_REQUEST_ID) {
-        app.upstream_answered();
-    }
     resp.headers_mut()
         .insert(&headers::X_REQUEST_ID, ctx.request_id.clone());
     let elapsed = start.elapsed();

@@ -1,0 +1,172 @@
+//! Invariant checks for the parsers that read untrusted input, shared by the `cargo fuzz`
+//! targets in `fuzz/` and by `tests/fuzz_corpus.rs`, which replays the seed corpus on stable
+//! Rust without libFuzzer (so CI checks the same properties on every run).
+//!
+//! Each `fuzz_check_*` function takes arbitrary bytes and panics when an invariant is broken;
+//! a panic is a bug in the shim, never in the input. They are ordinary public functions, not
+//! behind a feature, so the fuzz crate and the tests call exactly this code; nothing in the
+//! shim calls them.
+//!
+//! * [`fuzz_check_route`]: path normalisation is idempotent (both readings), and
+//!   classification agrees with normalisation: a path classified as the endpoint normalises
+//!   to an endpoint name, and no path that normalises to an endpoint name is pass-through
+//!   (that would be a bypass of the shim's policy).
+//! * [`fuzz_check_params`]: the query parser and the canonicaliser never panic, and a
+//!   canonical query string parses back to the same canonical query (one logical query, one
+//!   spelling upstream and one cache key).
+//! * [`fuzz_check_config`]: the config parser never panics on any text, and a configuration
+//!   it accepts is accepted again, identically, when parsed a second time.
+
+use std::path::Path;
+
+use crate::config::{Config, ParamsConfig, QueryAndFields};
+use crate::dm_history::params::{CanonicalQuery, RawQuery};
+use crate::route::{self, Route};
+
+/// The endpoint names under `/api/v1/`, split by the route they must take.
+const DM_HISTORY: [&str; 2] = ["im.messages.others", "dm.messages.others"];
+const GUARDED: [&str; 4] = [
+    "im.list.everyone",
+    "dm.list.everyone",
+    "im.counters",
+    "dm.counters",
+];
+
+/// The path prefixes the route checks run with (`""` and a typical `upstream.path_prefix`).
+const PREFIXES: [&str; 2] = ["", "/chat"];
+
+/// Which endpoint name (if any) a normalised path is, with or without `prefix`.
+fn endpoint_of<'a>(normalized: &str, prefix: &str, names: &[&'a str]) -> Option<&'a str> {
+    let rest = normalized.strip_prefix("/api/v1/").or_else(|| {
+        if prefix.is_empty() {
+            None
+        } else {
+            normalized
+                .strip_prefix(prefix)
+                .and_then(|r| r.strip_prefix("/api/v1/"))
+        }
+    })?;
+    names.iter().copied().find(|n| *n == rest)
+}
+
+/// Path normalisation and classification (see the module comment). The input is read as
+/// UTF-8, lossily.
+pub fn fuzz_check_route(data: &[u8]) {
+    let raw = String::from_utf8_lossy(data);
+    let raw = raw.as_ref();
+    let decoded = route::normalize(raw);
+    let whatwg = route::normalize_whatwg(raw);
+    assert_eq!(
+        route::normalize(&decoded),
+        decoded,
+        "normalize is not idempotent for {raw:?}"
+    );
+    assert_eq!(
+        route::normalize_whatwg(&whatwg),
+        whatwg,
+        "normalize_whatwg is not idempotent for {raw:?}"
+    );
+    assert!(
+        decoded.starts_with('/') && !decoded.contains("//"),
+        "normalize({raw:?}) = {decoded:?} is not a clean absolute path"
+    );
+    for prefix in PREFIXES {
+        for guard in [false, true] {
+            let class = route::classify(raw, prefix, guard);
+            let dm_name = endpoint_of(&decoded, prefix, &DM_HISTORY)
+                .or_else(|| endpoint_of(&whatwg, prefix, &DM_HISTORY));
+            let guarded_name = endpoint_of(&decoded, prefix, &GUARDED)
+                .or_else(|| endpoint_of(&whatwg, prefix, &GUARDED));
+            match class {
+                Route::DmHistory => assert!(
+                    dm_name.is_some(),
+                    "{raw:?} (prefix {prefix:?}) is DmHistory but normalises to {decoded:?} / {whatwg:?}"
+                ),
+                Route::Guarded(_) => {
+                    assert!(guard, "{raw:?} is Guarded with guard_related off");
+                    assert!(
+                        guarded_name.is_some() && dm_name.is_none(),
+                        "{raw:?} (prefix {prefix:?}) is Guarded but normalises to {decoded:?} / {whatwg:?}"
+                    );
+                }
+                Route::Passthrough => {
+                    assert!(
+                        dm_name.is_none(),
+                        "bypass: {raw:?} (prefix {prefix:?}) normalises to {decoded:?} / {whatwg:?} but passes through"
+                    );
+                    assert!(
+                        !guard || guarded_name.is_none(),
+                        "bypass: {raw:?} (prefix {prefix:?}) normalises to guarded {decoded:?} / {whatwg:?} but passes through"
+                    );
+                }
+            }
+            if dm_name.is_some() {
+                assert_eq!(class, Route::DmHistory, "{raw:?} (prefix {prefix:?})");
+            }
+        }
+    }
+}
+
+/// The `[policy.params]` variants the params check runs with.
+fn params_configs() -> [ParamsConfig; 4] {
+    let base = ParamsConfig::default();
+    [
+        base.clone(),
+        ParamsConfig {
+            allow_unlimited_count: true,
+            max_count: 1000,
+            ..base.clone()
+        },
+        ParamsConfig {
+            query_and_fields: QueryAndFields::Reject,
+            ..base.clone()
+        },
+        ParamsConfig {
+            query_and_fields: QueryAndFields::Strip,
+            ..base
+        },
+    ]
+}
+
+/// Query parsing and canonicalisation (see the module comment). The input is read as UTF-8,
+/// lossily (a request target reaches the parser as `&str`).
+pub fn fuzz_check_params(data: &[u8]) {
+    let raw = String::from_utf8_lossy(data);
+    let Ok(parsed) = RawQuery::parse(Some(&raw)) else {
+        return;
+    };
+    for cfg in params_configs() {
+        let Ok(canonical) = CanonicalQuery::from_raw(&parsed, &cfg) else {
+            continue;
+        };
+        let spelled = canonical.to_query_string();
+        let reparsed = RawQuery::parse(Some(&spelled)).unwrap_or_else(|e| {
+            panic!("canonical {spelled:?} (from {raw:?}) does not parse back: {e:?}")
+        });
+        let again = CanonicalQuery::from_raw(&reparsed, &cfg).unwrap_or_else(|e| {
+            panic!("canonical {spelled:?} (from {raw:?}) is refused when read back: {e:?}")
+        });
+        assert_eq!(
+            again, canonical,
+            "canonical {spelled:?} (from {raw:?}) reads back differently"
+        );
+        assert_eq!(again.to_query_string(), spelled);
+        assert!(
+            !canonical.cache_key().contains("access_token"),
+            "the cache key of {raw:?} holds the credential"
+        );
+    }
+}
+
+/// Config parsing (see the module comment). The input is read as UTF-8, lossily.
+pub fn fuzz_check_config(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let path = Path::new("fuzz.toml");
+    let first = Config::parse(&text, path);
+    let second = Config::parse(&text, path);
+    match (first, second) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "parsing {text:?} twice differs"),
+        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+        _ => panic!("parsing {text:?} twice gives different outcomes"),
+    }
+}
