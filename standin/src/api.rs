@@ -11,7 +11,8 @@ use serde_json::{json, Map, Value};
 
 use crate::data::{iso_from_millis, parse_iso, State, User, BASE_MILLIS};
 use crate::query::{
-    find, js_string, js_truthy, match_id_filter, pagination, parse_json_query, parse_qs, ApiFailure, PaginationSettings,
+    find, js_string, js_truthy, match_id_filter, pagination, parse_json_query, parse_qs,
+    ApiFailure, PaginationSettings,
 };
 
 /// The version `/api/info` reports.
@@ -27,7 +28,11 @@ pub(crate) struct ApiResponse {
 
 impl ApiResponse {
     fn new(status: StatusCode, body: Value) -> Self {
-        ApiResponse { status, body, headers: Vec::new() }
+        ApiResponse {
+            status,
+            body,
+            headers: Vec::new(),
+        }
     }
 
     fn ok(body: Value) -> Self {
@@ -58,7 +63,10 @@ fn permission_denied() -> ApiResponse {
 
 /// 403 of the inline `API.v1.unauthorized()`.
 fn unauthorized() -> ApiResponse {
-    ApiResponse::new(StatusCode::FORBIDDEN, json!({"success": false, "error": "unauthorized"}))
+    ApiResponse::new(
+        StatusCode::FORBIDDEN,
+        json!({"success": false, "error": "unauthorized"}),
+    )
 }
 
 fn with_success(v: Value) -> Value {
@@ -145,10 +153,18 @@ pub(crate) fn handle(
 ) -> ApiResponse {
     let segs = match api_segments(raw_path) {
         Some(Ok(segs)) => segs,
-        _ => return ApiResponse::new(StatusCode::BAD_REQUEST, json!({"success": false, "error": "URI malformed"})),
+        _ => {
+            return ApiResponse::new(
+                StatusCode::BAD_REQUEST,
+                json!({"success": false, "error": "URI malformed"}),
+            )
+        }
     };
     let Some((route, arg)) = route_of(&segs) else {
-        return ApiResponse::new(StatusCode::NOT_FOUND, json!({"success": false, "error": "API endpoint does not exist"}));
+        return ApiResponse::new(
+            StatusCode::NOT_FOUND,
+            json!({"success": false, "error": "API endpoint does not exist"}),
+        );
     };
     let allowed: &str = if route == Route::Login { "POST" } else { "GET" };
     let method_ok = match route {
@@ -190,17 +206,32 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// Resolves the caller: `X-User-Id` + `X-Auth-Token`, then `Authorization: Bearer`, then the
 /// `access_token` query parameter (the first credential that is valid wins).
-pub(crate) fn authenticate(state: &State, headers: &HeaderMap, params: &Map<String, Value>) -> Option<User> {
-    if let (Some(uid), Some(token)) = (header_str(headers, "x-user-id"), header_str(headers, "x-auth-token")) {
-        if let Some(u) = state.user(uid).filter(|u| !u.token.is_empty() && u.token == token) {
+pub(crate) fn authenticate(
+    state: &State,
+    headers: &HeaderMap,
+    params: &Map<String, Value>,
+) -> Option<User> {
+    if let (Some(uid), Some(token)) = (
+        header_str(headers, "x-user-id"),
+        header_str(headers, "x-auth-token"),
+    ) {
+        if let Some(u) = state
+            .user(uid)
+            .filter(|u| !u.token.is_empty() && u.token == token)
+        {
             return Some(u.clone());
         }
     }
     let bearer = header_str(headers, "authorization").and_then(|v| {
         let (scheme, token) = v.trim().split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_string())
     });
-    let query_token = params.get("access_token").and_then(Value::as_str).map(str::to_string);
+    let query_token = params
+        .get("access_token")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     for token in [bearer, query_token].into_iter().flatten() {
         if let Some(u) = state.bearer.get(&token).and_then(|uid| state.user(uid)) {
             return Some(u.clone());
@@ -210,8 +241,10 @@ pub(crate) fn authenticate(state: &State, headers: &HeaderMap, params: &Map<Stri
 }
 
 fn login(state: &State, headers: &HeaderMap, body: &[u8]) -> ApiResponse {
-    let is_form = header_str(headers, "content-type")
-        .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
+    let is_form = header_str(headers, "content-type").is_some_and(|ct| {
+        ct.to_ascii_lowercase()
+            .starts_with("application/x-www-form-urlencoded")
+    });
     let doc: Map<String, Value> = if is_form {
         parse_qs(&String::from_utf8_lossy(body))
     } else {
@@ -233,20 +266,27 @@ fn login(state: &State, headers: &HeaderMap, body: &[u8]) -> ApiResponse {
         )
     };
     let user = if let Some(Value::String(resume)) = doc.get("resume") {
-        state.users.iter().find(|u| !u.token.is_empty() && &u.token == resume)
-    } else {
-        let name = doc.get("user").or_else(|| doc.get("username")).and_then(Value::as_str);
-        let Some(name) = name else { return failed() };
-        let found = state
+        state
             .users
             .iter()
-            .find(|u| u.username == name || format!("{}@example.com", u.username).eq_ignore_ascii_case(name));
+            .find(|u| !u.token.is_empty() && &u.token == resume)
+    } else {
+        let name = doc
+            .get("user")
+            .or_else(|| doc.get("username"))
+            .and_then(Value::as_str);
+        let Some(name) = name else { return failed() };
+        let found = state.users.iter().find(|u| {
+            u.username == name || format!("{}@example.com", u.username).eq_ignore_ascii_case(name)
+        });
         let password_ok = |u: &User| match doc.get("password") {
             Some(Value::String(p)) => *p == u.password,
             Some(Value::Object(p)) => {
                 use sha2::Digest;
                 let digest = hex(&sha2::Sha256::digest(u.password.as_bytes()));
-                p.get("digest").and_then(Value::as_str).is_some_and(|d| d.eq_ignore_ascii_case(&digest))
+                p.get("digest")
+                    .and_then(Value::as_str)
+                    .is_some_and(|d| d.eq_ignore_ascii_case(&digest))
             }
             _ => false,
         };
@@ -268,7 +308,10 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 
 fn permissions_list_all(state: &State, params: &Map<String, Value>) -> ApiResponse {
     let since = if js_truthy(params.get("updatedSince")) {
-        let raw = params.get("updatedSince").map(js_string).unwrap_or_default();
+        let raw = params
+            .get("updatedSince")
+            .map(js_string)
+            .unwrap_or_default();
         match parse_iso(&raw) {
             Some(ms) => Some(ms),
             None => {
@@ -286,7 +329,9 @@ fn permissions_list_all(state: &State, params: &Map<String, Value>) -> ApiRespon
         .permissions
         .iter()
         .filter(|p| !matches!(since, Some(s) if p.updated_ms <= s))
-        .map(|p| json!({"_id": p.id, "roles": p.roles, "_updatedAt": iso_from_millis(p.updated_ms)}))
+        .map(
+            |p| json!({"_id": p.id, "roles": p.roles, "_updatedAt": iso_from_millis(p.updated_ms)}),
+        )
         .collect();
     ApiResponse::ok(json!({"update": update, "remove": [], "success": true}))
 }
@@ -304,8 +349,16 @@ fn setting(state: &State, user: &User, id: &str) -> ApiResponse {
 fn pagination_settings(state: &State) -> PaginationSettings {
     let d = PaginationSettings::default();
     PaginationSettings {
-        default_count: state.settings.get("API_Default_Count").and_then(Value::as_i64).unwrap_or(d.default_count),
-        upper_limit: state.settings.get("API_Upper_Count_Limit").and_then(Value::as_i64).unwrap_or(d.upper_limit),
+        default_count: state
+            .settings
+            .get("API_Default_Count")
+            .and_then(Value::as_i64)
+            .unwrap_or(d.default_count),
+        upper_limit: state
+            .settings
+            .get("API_Upper_Count_Limit")
+            .and_then(Value::as_i64)
+            .unwrap_or(d.upper_limit),
         allow_infinite: js_truthy(state.settings.get("API_Allow_Infinite_Count")),
     }
 }
@@ -318,7 +371,11 @@ fn messages_others(state: &State, user: &User, params: &Map<String, Value>) -> A
     if !state.has_permission(user, "view-room-administration") {
         return permission_denied();
     }
-    if state.settings.get("API_Enable_Direct_Message_History_EndPoint") != Some(&Value::Bool(true)) {
+    if state
+        .settings
+        .get("API_Enable_Direct_Message_History_EndPoint")
+        != Some(&Value::Bool(true))
+    {
         return ApiResponse::failure(&ApiFailure::meteor(
             "error-endpoint-disabled",
             "This endpoint is disabled",
@@ -343,10 +400,16 @@ fn messages_others(state: &State, user: &User, params: &Map<String, Value>) -> A
         Ok(found) => found,
         Err(e) => return ApiResponse::failure(&e),
     };
-    let Some(rd) = found.map(|i| &state.rooms[i]).filter(|rd| rd.room.kind == 'd') else {
+    let Some(rd) = found
+        .map(|i| &state.rooms[i])
+        .filter(|rd| rd.room.kind == 'd')
+    else {
         return ApiResponse::failure(&ApiFailure::meteor(
             "error-room-not-found",
-            &format!("No direct message room found by the id of: {}", js_string(room_id)),
+            &format!(
+                "No direct message room found by the id of: {}",
+                js_string(room_id)
+            ),
             None,
         ));
     };
@@ -417,7 +480,9 @@ fn counters(state: &State, user: &User, params: &Map<String, Value>) -> ApiRespo
     }
     let room = state.rooms.iter().find(|rd| rd.room.id == room_id);
     let member = |rd: &&crate::data::RoomData| {
-        target.as_ref().is_some_and(|t| rd.room.usernames.iter().any(|u| *u == t.username))
+        target
+            .as_ref()
+            .is_some_and(|t| rd.room.usernames.contains(&t.username))
     };
     let can_access = room.is_some_and(|rd| rd.room.kind == 'c' || member(&rd));
     let Some(rd) = room.filter(|_| can_access) else {
@@ -471,16 +536,28 @@ mod tests {
         let p = "/api/v1/im.messages.others?roomId=alice-idbob-id";
         assert_eq!(call(&mut s, p, "").0, 401);
         assert_eq!(call(&mut s, p, "alice").0, 403);
-        s.settings.insert("API_Enable_Direct_Message_History_EndPoint".into(), json!("true"));
+        s.settings.insert(
+            "API_Enable_Direct_Message_History_EndPoint".into(),
+            json!("true"),
+        );
         assert_eq!(call(&mut s, p, "alice").0, 403);
         let (st, body) = call(&mut s, p, "admin");
         assert_eq!(st, 400);
         assert_eq!(body["errorType"], "error-endpoint-disabled");
-        s.settings.insert("API_Enable_Direct_Message_History_EndPoint".into(), json!(true));
-        assert_eq!(call(&mut s, "/api/v1/dm.messages.others", "admin").1["errorType"], "error-roomid-param-not-provided");
+        s.settings.insert(
+            "API_Enable_Direct_Message_History_EndPoint".into(),
+            json!(true),
+        );
+        assert_eq!(
+            call(&mut s, "/api/v1/dm.messages.others", "admin").1["errorType"],
+            "error-roomid-param-not-provided"
+        );
         let (st, body) = call(&mut s, "/api/v1/dm.messages.others?roomId=GENERAL", "admin");
         assert_eq!(st, 400);
-        assert_eq!(body["error"], "No direct message room found by the id of: GENERAL [error-room-not-found]");
+        assert_eq!(
+            body["error"],
+            "No direct message room found by the id of: GENERAL [error-room-not-found]"
+        );
         let (st, body) = call(&mut s, p, "admin");
         assert_eq!(st, 200);
         assert_eq!(body["count"], 50);
@@ -491,10 +568,18 @@ mod tests {
     #[test]
     fn vulnerabilities_are_reproduced() {
         let mut s = State::from_seed(Seed::default());
-        let (_, b) = call(&mut s, "/api/v1/im.messages.others?roomId[$ne]=alice-idbob-id&count=0", "admin");
+        let (_, b) = call(
+            &mut s,
+            "/api/v1/im.messages.others?roomId[$ne]=alice-idbob-id&count=0",
+            "admin",
+        );
         assert_eq!(b["total"], 3);
         assert_eq!(b["count"], 3);
-        let (_, b) = call(&mut s, "/api/v1/im.messages.others?roomId=alice-idbob-id&count=-1000", "admin");
+        let (_, b) = call(
+            &mut s,
+            "/api/v1/im.messages.others?roomId=alice-idbob-id&count=-1000",
+            "admin",
+        );
         assert_eq!(b["count"], 120);
         let (st, b) = call(&mut s, "/api/v1/im.messages.others?roomId[]=a", "admin");
         assert_eq!((st, b["success"].clone()), (400, json!(false)));
@@ -510,16 +595,43 @@ mod tests {
     #[test]
     fn other_endpoints() {
         let mut s = State::from_seed(Seed::default());
-        assert_eq!(call(&mut s, "/api/v1/me", "bob").1["roles"], json!(["user"]));
-        assert_eq!(call(&mut s, "/api/v1/settings/API_Default_Count", "bob").0, 403);
-        assert_eq!(call(&mut s, "/api/v1/settings/API_Default_Count", "admin").1["value"], 50);
-        assert_eq!(call(&mut s, "/api/v1/settings/Nope", "admin").1, json!({"success": false}));
+        assert_eq!(
+            call(&mut s, "/api/v1/me", "bob").1["roles"],
+            json!(["user"])
+        );
+        assert_eq!(
+            call(&mut s, "/api/v1/settings/API_Default_Count", "bob").0,
+            403
+        );
+        assert_eq!(
+            call(&mut s, "/api/v1/settings/API_Default_Count", "admin").1["value"],
+            50
+        );
+        assert_eq!(
+            call(&mut s, "/api/v1/settings/Nope", "admin").1,
+            json!({"success": false})
+        );
         let (_, b) = call(&mut s, "/api/v1/im.list.everyone", "admin");
         assert_eq!(b["total"], 3);
         assert_eq!(b["ims"][0]["lastMessage"]["_id"], "alice-idbob-id-m120");
-        let (_, b) = call(&mut s, "/api/v1/im.counters?roomId=alice-idbob-id&userId=bob-id", "admin");
-        assert_eq!((b["joined"].clone(), b["msgs"].clone()), (json!(true), json!(120)));
-        assert_eq!(call(&mut s, "/api/v1/im.counters?roomId=alice-idbob-id&userId=bob-id", "alice").0, 403);
+        let (_, b) = call(
+            &mut s,
+            "/api/v1/im.counters?roomId=alice-idbob-id&userId=bob-id",
+            "admin",
+        );
+        assert_eq!(
+            (b["joined"].clone(), b["msgs"].clone()),
+            (json!(true), json!(120))
+        );
+        assert_eq!(
+            call(
+                &mut s,
+                "/api/v1/im.counters?roomId=alice-idbob-id&userId=bob-id",
+                "alice"
+            )
+            .0,
+            403
+        );
         assert_eq!(call(&mut s, "/api/v1/nothing.here", "admin").0, 404);
         assert_eq!(call(&mut s, "/api/v1/im.messages.others/", "").0, 401);
     }

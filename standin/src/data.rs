@@ -59,7 +59,12 @@ pub struct Room {
 impl Room {
     /// A room with the given fields.
     pub fn new(id: &str, kind: char, usernames: &[&str], messages: usize) -> Self {
-        Room { id: id.to_string(), kind, usernames: usernames.iter().map(|u| (*u).to_string()).collect(), messages }
+        Room {
+            id: id.to_string(),
+            kind,
+            usernames: usernames.iter().map(|u| (*u).to_string()).collect(),
+            messages,
+        }
     }
 }
 
@@ -79,10 +84,22 @@ impl Default for Seed {
     fn default() -> Self {
         Seed {
             users: vec![
-                User::new("admin-id", "admin", "admin-pass", "admin-token", &["user", "admin"]),
+                User::new(
+                    "admin-id",
+                    "admin",
+                    "admin-pass",
+                    "admin-token",
+                    &["user", "admin"],
+                ),
                 User::new("alice-id", "alice", "alice-pass", "alice-token", &["user"]),
                 User::new("bob-id", "bob", "bob-pass", "bob-token", &["user"]),
-                User::new("auditor-id", "auditor", "auditor-pass", "auditor-token", &["user", "auditor"]),
+                User::new(
+                    "auditor-id",
+                    "auditor",
+                    "auditor-pass",
+                    "auditor-token",
+                    &["user", "auditor"],
+                ),
             ],
             rooms: vec![
                 Room::new("alice-idbob-id", 'd', &["alice", "bob"], 120),
@@ -118,7 +135,12 @@ pub fn iso_from_millis(ms: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z", sod / 3600, sod % 3600 / 60, sod % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
 }
 
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
@@ -186,7 +208,9 @@ pub fn parse_iso(s: &str) -> Option<i64> {
 
 /// Now, in Unix milliseconds.
 pub fn now_millis() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// A room and its generated messages.
@@ -232,13 +256,22 @@ impl State {
     /// Builds the state from a seed.
     pub fn from_seed(seed: Seed) -> State {
         let mut settings = Map::new();
-        settings.insert("API_Enable_Direct_Message_History_EndPoint".into(), Value::Bool(seed.dm_history_enabled));
+        settings.insert(
+            "API_Enable_Direct_Message_History_EndPoint".into(),
+            Value::Bool(seed.dm_history_enabled),
+        );
         settings.insert("API_Default_Count".into(), json!(50));
         settings.insert("API_Upper_Count_Limit".into(), json!(100));
         settings.insert("API_Allow_Infinite_Count".into(), json!(true));
         settings.insert("API_Enable_Rate_Limiter".into(), json!(true));
-        settings.insert("API_Enable_Rate_Limiter_Limit_Calls_Default".into(), json!(10));
-        settings.insert("API_Enable_Rate_Limiter_Limit_Time_Default".into(), json!(60000));
+        settings.insert(
+            "API_Enable_Rate_Limiter_Limit_Calls_Default".into(),
+            json!(10),
+        );
+        settings.insert(
+            "API_Enable_Rate_Limiter_Limit_Time_Default".into(),
+            json!(60000),
+        );
         settings.insert("Site_Name".into(), json!("Rocket.Chat"));
         let permissions = DEFAULT_PERMISSIONS
             .iter()
@@ -277,7 +310,10 @@ impl State {
 
     /// The roles holding `permission` (empty if unknown).
     pub fn permission_roles(&self, permission: &str) -> &[String] {
-        self.permissions.iter().find(|p| p.id == permission).map_or(&[], |p| p.roles.as_slice())
+        self.permissions
+            .iter()
+            .find(|p| p.id == permission)
+            .map_or(&[], |p| p.roles.as_slice())
     }
 
     /// Global permission check: does any of the user's roles hold the permission?
@@ -294,7 +330,11 @@ impl State {
                 p.roles = roles;
                 p.updated_ms = now;
             }
-            None => self.permissions.push(Permission { id: permission.to_string(), roles, updated_ms: now }),
+            None => self.permissions.push(Permission {
+                id: permission.to_string(),
+                roles,
+                updated_ms: now,
+            }),
         }
     }
 
@@ -349,7 +389,10 @@ impl State {
         let r = &rd.room;
         let created = iso_from_millis(BASE_MILLIS);
         let last = rd.messages.last();
-        let updated = last.and_then(|m| m.get("ts")).cloned().unwrap_or_else(|| Value::String(created.clone()));
+        let updated = last
+            .and_then(|m| m.get("ts"))
+            .cloned()
+            .unwrap_or_else(|| Value::String(created.clone()));
         let mut m = Map::new();
         m.insert("_id".into(), json!(r.id));
         m.insert("t".into(), json!(r.kind.to_string()));
@@ -362,7 +405,12 @@ impl State {
             let uids: Vec<String> = r
                 .usernames
                 .iter()
-                .map(|un| self.users.iter().find(|u| &u.username == un).map_or_else(|| format!("{un}-id"), |u| u.id.clone()))
+                .map(|un| {
+                    self.users
+                        .iter()
+                        .find(|u| &u.username == un)
+                        .map_or_else(|| format!("{un}-id"), |u| u.id.clone())
+                })
                 .collect();
             m.insert("uids".into(), json!(uids));
         }
@@ -388,9 +436,15 @@ mod tests {
     #[test]
     fn iso_round_trip() {
         assert_eq!(iso_from_millis(BASE_MILLIS), "2024-01-01T00:00:00.000Z");
-        assert_eq!(iso_from_millis(BASE_MILLIS + 61_001), "2024-01-01T00:01:01.001Z");
+        assert_eq!(
+            iso_from_millis(BASE_MILLIS + 61_001),
+            "2024-01-01T00:01:01.001Z"
+        );
         assert_eq!(iso_from_millis(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(parse_iso("2024-01-01T00:01:01.001Z"), Some(BASE_MILLIS + 61_001));
+        assert_eq!(
+            parse_iso("2024-01-01T00:01:01.001Z"),
+            Some(BASE_MILLIS + 61_001)
+        );
         assert_eq!(parse_iso("2024-01-01"), Some(BASE_MILLIS));
         assert_eq!(parse_iso("2024-01-01T01:00:00+01:00"), Some(BASE_MILLIS));
         assert_eq!(parse_iso("yesterday"), None);

@@ -56,7 +56,10 @@ pub struct RecordedRequest {
 impl RecordedRequest {
     /// The first value of a header (name compared case-insensitively).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -89,7 +92,9 @@ pub struct Standin {
 
 impl std::fmt::Debug for Standin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Standin").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("Standin")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -106,7 +111,12 @@ impl Standin {
         let shared = Arc::new(Shared::new(data::State::from_seed(seed)));
         let (stop, stop_rx) = watch::channel(());
         let task = tokio::spawn(server::accept_loop(listener, shared.clone(), stop_rx));
-        Ok(Standin { addr, shared, stop, task })
+        Ok(Standin {
+            addr,
+            shared,
+            stop,
+            task,
+        })
     }
 
     /// The address it listens on.
@@ -121,18 +131,24 @@ impl Standin {
 
     /// Sets `API_Enable_Direct_Message_History_EndPoint` to a boolean.
     pub fn set_dm_history_enabled(&self, on: bool) {
-        self.set_setting_value("API_Enable_Direct_Message_History_EndPoint", serde_json::Value::Bool(on));
+        self.set_setting_value(
+            "API_Enable_Direct_Message_History_EndPoint",
+            serde_json::Value::Bool(on),
+        );
     }
 
     /// Sets any setting to any JSON value (e.g. a string `"true"`, which Rocket.Chat treats as
     /// disabled).
     pub fn set_setting_value(&self, id: &str, value: serde_json::Value) {
-        lock(&self.shared.state).settings.insert(id.to_string(), value);
+        lock(&self.shared.state)
+            .settings
+            .insert(id.to_string(), value);
     }
 
     /// Replaces the roles holding a permission (and bumps its `_updatedAt`).
     pub fn set_permission_roles(&self, permission: &str, roles: &[&str]) {
-        lock(&self.shared.state).set_permission_roles(permission, roles.iter().map(|r| (*r).to_string()).collect());
+        lock(&self.shared.state)
+            .set_permission_roles(permission, roles.iter().map(|r| (*r).to_string()).collect());
     }
 
     /// Adds a user, or replaces the one with the same id.
@@ -142,7 +158,9 @@ impl Standin {
 
     /// Maps an OAuth access token (bearer or `access_token`) to a user id.
     pub fn add_bearer_token(&self, token: &str, user_id: &str) {
-        lock(&self.shared.state).bearer.insert(token.to_string(), user_id.to_string());
+        lock(&self.shared.state)
+            .bearer
+            .insert(token.to_string(), user_id.to_string());
     }
 
     /// Every request received so far, in order.
@@ -152,7 +170,10 @@ impl Standin {
 
     /// How many received requests had exactly this path (query not included).
     pub fn count_path(&self, path: &str) -> usize {
-        lock(&self.shared.log).iter().filter(|r| r.path == path).count()
+        lock(&self.shared.log)
+            .iter()
+            .filter(|r| r.path == path)
+            .count()
     }
 
     /// Forgets the recorded requests.

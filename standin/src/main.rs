@@ -17,11 +17,15 @@ fn parse_args() -> Result<(SocketAddr, bool), String> {
         match arg.as_str() {
             "--listen" => {
                 let v = args.next().ok_or("--listen needs an address")?;
-                listen = v.parse().map_err(|e| format!("bad --listen address {v:?}: {e}"))?;
+                listen = v
+                    .parse()
+                    .map_err(|e| format!("bad --listen address {v:?}: {e}"))?;
             }
             a if a.starts_with("--listen=") => {
                 let v = &a["--listen=".len()..];
-                listen = v.parse().map_err(|e| format!("bad --listen address {v:?}: {e}"))?;
+                listen = v
+                    .parse()
+                    .map_err(|e| format!("bad --listen address {v:?}: {e}"))?;
             }
             "--dm-history-disabled" => dm_history_enabled = false,
             "-h" | "--help" => return Err(USAGE.to_string()),
@@ -31,24 +35,32 @@ fn parse_args() -> Result<(SocketAddr, bool), String> {
     Ok((listen, dm_history_enabled))
 }
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+/// Installs the SIGTERM and SIGINT handlers now (so a signal sent right after the
+/// "listening" line is caught) and returns a future that resolves when one arrives.
+#[cfg(unix)]
+fn termination() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate()).ok();
+    let int = signal(SignalKind::interrupt()).ok();
+    async move {
+        match (term, int) {
+            (Some(mut term), Some(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+                    _ = int.recv() => {}
                 }
             }
-            Err(_) => {
+            _ => {
                 let _ = tokio::signal::ctrl_c().await;
             }
         }
     }
-    #[cfg(not(unix))]
-    {
+}
+
+/// Resolves on Ctrl-C.
+#[cfg(not(unix))]
+fn termination() -> impl std::future::Future<Output = ()> {
+    async {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
@@ -62,7 +74,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let seed = Seed { dm_history_enabled, ..Seed::default() };
+    let seed = Seed {
+        dm_history_enabled,
+        ..Seed::default()
+    };
     let standin = match Standin::start_on(listen, seed).await {
         Ok(s) => s,
         Err(e) => {
@@ -70,10 +85,11 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let signalled = termination();
     let mut out = std::io::stdout();
     let _ = writeln!(out, "rocketchat-standin listening on {}", standin.url());
     let _ = out.flush();
-    wait_for_signal().await;
+    signalled.await;
     standin.shutdown().await;
     ExitCode::SUCCESS
 }

@@ -109,7 +109,9 @@ fn merge(target: Qs, source: Qs) -> Qs {
             }
             Qs::Obj(mut o) => {
                 if let Qs::Str(key) = source {
-                    if !PROTOTYPE_KEYS.contains(&key.as_str()) && obj_get_mut(&mut o, &key).is_none() {
+                    if !PROTOTYPE_KEYS.contains(&key.as_str())
+                        && obj_get_mut(&mut o, &key).is_none()
+                    {
                         o.push((key, Qs::Bool));
                     }
                 }
@@ -254,7 +256,10 @@ fn parse_object(chain: &[String], val: Qs) -> Qs {
             } else {
                 root.as_str()
             };
-            let index = clean.parse::<usize>().ok().filter(|i| i.to_string() == clean);
+            let index = clean
+                .parse::<usize>()
+                .ok()
+                .filter(|i| i.to_string() == clean);
             match index {
                 Some(i) if root != clean && i <= QS_ARRAY_LIMIT => {
                     let mut m = BTreeMap::new();
@@ -384,7 +389,11 @@ pub struct PaginationSettings {
 
 impl Default for PaginationSettings {
     fn default() -> Self {
-        PaginationSettings { default_count: 50, upper_limit: 100, allow_infinite: true }
+        PaginationSettings {
+            default_count: 50,
+            upper_limit: 100,
+            allow_infinite: true,
+        }
     }
 }
 
@@ -399,8 +408,16 @@ pub struct Pagination {
 
 /// `getPaginationItems(params)` of Rocket.Chat 6.x.
 pub fn pagination(params: &Map<String, Value>, settings: PaginationSettings) -> Pagination {
-    let upper = if settings.upper_limit <= 0 { 100 } else { settings.upper_limit };
-    let default = if settings.default_count <= 0 { 50 } else { settings.default_count };
+    let upper = if settings.upper_limit <= 0 {
+        100
+    } else {
+        settings.upper_limit
+    };
+    let default = if settings.default_count <= 0 {
+        50
+    } else {
+        settings.default_count
+    };
     let offset = if js_truthy(params.get("offset")) {
         params.get("offset").and_then(|v| parse_int(&js_string(v)))
     } else {
@@ -436,12 +453,20 @@ pub struct ApiFailure {
 impl ApiFailure {
     /// A `Meteor.Error(id, reason, details)`.
     pub fn meteor(id: &str, reason: &str, details: Option<Value>) -> Self {
-        ApiFailure { error: format!("{reason} [{id}]"), error_type: Some(id.to_string()), details }
+        ApiFailure {
+            error: format!("{reason} [{id}]"),
+            error_type: Some(id.to_string()),
+            details,
+        }
     }
 
     /// A plain (driver or JavaScript) error: only a message.
     pub fn plain(message: impl Into<String>) -> Self {
-        ApiFailure { error: message.into(), error_type: None, details: None }
+        ApiFailure {
+            error: message.into(),
+            error_type: None,
+            details: None,
+        }
     }
 
     /// The JSON body `API.v1.failure` produces.
@@ -483,10 +508,18 @@ fn js_entries(v: &Value) -> Option<Vec<(String, Value)>> {
     match v {
         Value::Null => None,
         Value::Object(m) => Some(m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
-        Value::Array(a) => Some(a.iter().enumerate().map(|(i, v)| (i.to_string(), v.clone())).collect()),
-        Value::String(s) => {
-            Some(s.chars().enumerate().map(|(i, c)| (i.to_string(), Value::String(c.to_string()))).collect())
-        }
+        Value::Array(a) => Some(
+            a.iter()
+                .enumerate()
+                .map(|(i, v)| (i.to_string(), v.clone()))
+                .collect(),
+        ),
+        Value::String(s) => Some(
+            s.chars()
+                .enumerate()
+                .map(|(i, c)| (i.to_string(), Value::String(c.to_string())))
+                .collect(),
+        ),
         Value::Bool(_) | Value::Number(_) => Some(Vec::new()),
     }
 }
@@ -508,7 +541,9 @@ fn ejson_adjust(v: Value) -> Value {
                 if let Some(d) = m.get("$date") {
                     let iso = match d {
                         Value::Number(n) => n.as_i64().map(crate::data::iso_from_millis),
-                        Value::String(s) => crate::data::parse_iso(s).map(crate::data::iso_from_millis),
+                        Value::String(s) => {
+                            crate::data::parse_iso(s).map(crate::data::iso_from_millis)
+                        }
                         _ => None,
                     };
                     if let Some(iso) = iso {
@@ -517,7 +552,9 @@ fn ejson_adjust(v: Value) -> Value {
                 }
             }
             if m.len() == 2 {
-                if let (Some(Value::String(p)), Some(Value::String(f))) = (m.get("$regexp"), m.get("$flags")) {
+                if let (Some(Value::String(p)), Some(Value::String(f))) =
+                    (m.get("$regexp"), m.get("$flags"))
+                {
                     let mut out = Map::new();
                     out.insert(REGEXP_MARKER.into(), Value::String(p.clone()));
                     out.insert(REGEXP_FLAGS_MARKER.into(), Value::String(f.clone()));
@@ -559,8 +596,13 @@ pub fn parse_json_query(params: &Map<String, Value>) -> Result<JsonQuery, ApiFai
 
     if js_truthy(params.get("sort")) {
         let raw = params.get("sort").map(js_string).unwrap_or_default();
-        let invalid =
-            || ApiFailure::meteor("error-invalid-sort", &format!("Invalid sort parameter provided: \"{raw}\""), parse_json_details());
+        let invalid = || {
+            ApiFailure::meteor(
+                "error-invalid-sort",
+                &format!("Invalid sort parameter provided: \"{raw}\""),
+                parse_json_details(),
+            )
+        };
         let parsed: Value = serde_json::from_str(&raw).map_err(|_| invalid())?;
         let entries = js_entries(&parsed).ok_or_else(invalid)?;
         if entries.iter().any(|(_, v)| !is_one_of(v, &[1.0, -1.0])) {
@@ -577,7 +619,11 @@ pub fn parse_json_query(params: &Map<String, Value>) -> Result<JsonQuery, ApiFai
     if js_truthy(params.get("fields")) {
         let raw = params.get("fields").map(js_string).unwrap_or_default();
         let invalid = || {
-            ApiFailure::meteor("error-invalid-fields", &format!("Invalid fields parameter provided: \"{raw}\""), parse_json_details())
+            ApiFailure::meteor(
+                "error-invalid-fields",
+                &format!("Invalid fields parameter provided: \"{raw}\""),
+                parse_json_details(),
+            )
         };
         let parsed: Value = serde_json::from_str(&raw).map_err(|_| invalid())?;
         let entries = js_entries(&parsed).ok_or_else(invalid)?;
@@ -597,7 +643,11 @@ pub fn parse_json_query(params: &Map<String, Value>) -> Result<JsonQuery, ApiFai
     if js_truthy(params.get("query")) {
         let raw = params.get("query").map(js_string).unwrap_or_default();
         let parsed: Value = serde_json::from_str(&raw).map_err(|_| {
-            ApiFailure::meteor("error-invalid-query", &format!("Invalid query parameter provided: \"{raw}\""), parse_json_details())
+            ApiFailure::meteor(
+                "error-invalid-query",
+                &format!("Invalid query parameter provided: \"{raw}\""),
+                parse_json_details(),
+            )
         })?;
         let mut query = js_assign_object(clean(ejson_adjust(parsed)));
         query.retain(|k, _| !DEFAULT_FIELDS_TO_EXCLUDE.contains(&first_segment(k)));
@@ -625,9 +675,11 @@ pub fn mongo_cmp(a: Option<&Value>, b: Option<&Value>) -> Ordering {
         return ra.cmp(&rb);
     }
     match (a, b) {
-        (Some(Value::Number(x)), Some(Value::Number(y))) => {
-            x.as_f64().unwrap_or(0.0).partial_cmp(&y.as_f64().unwrap_or(0.0)).unwrap_or(Ordering::Equal)
-        }
+        (Some(Value::Number(x)), Some(Value::Number(y))) => x
+            .as_f64()
+            .unwrap_or(0.0)
+            .partial_cmp(&y.as_f64().unwrap_or(0.0))
+            .unwrap_or(Ordering::Equal),
         (Some(Value::String(x)), Some(Value::String(y))) => x.as_bytes().cmp(y.as_bytes()),
         (Some(Value::Bool(x)), Some(Value::Bool(y))) => x.cmp(y),
         (Some(Value::Array(x)), Some(Value::Array(y))) => {
@@ -718,30 +770,54 @@ fn build_regex(pattern: &str, options: &str) -> Result<regex::Regex, ApiFailure>
                 b.ignore_whitespace(true);
             }
             'u' => {}
-            other => return Err(ApiFailure::plain(format!("invalid flag in regex options: {other}"))),
+            other => {
+                return Err(ApiFailure::plain(format!(
+                    "invalid flag in regex options: {other}"
+                )))
+            }
         }
     }
-    b.size_limit(1 << 20).build().map_err(|e| ApiFailure::plain(format!("Regular expression is invalid: {e}")))
+    b.size_limit(1 << 20).build().map_err(|e| {
+        let text = e.to_string();
+        let last = text
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("invalid pattern");
+        ApiFailure::plain(format!(
+            "Regular expression is invalid: {}",
+            last.trim().trim_start_matches("error: ")
+        ))
+    })
 }
 
 fn candidates_match(cands: &[&Value], pred: &dyn Fn(&Value) -> bool) -> bool {
-    cands.iter().any(|v| pred(v) || matches!(v, Value::Array(a) if a.iter().any(pred)))
+    cands
+        .iter()
+        .any(|v| pred(v) || matches!(v, Value::Array(a) if a.iter().any(pred)))
 }
 
 /// Whether `cond` (the value of a field in a filter) matches the values found at the path.
 fn field_matches(cands: &[&Value], cond: &Value) -> Result<bool, ApiFailure> {
     if let Value::Object(m) = cond {
         if let Some(Value::String(p)) = m.get(REGEXP_MARKER) {
-            let flags = m.get(REGEXP_FLAGS_MARKER).and_then(Value::as_str).unwrap_or("");
+            let flags = m
+                .get(REGEXP_FLAGS_MARKER)
+                .and_then(Value::as_str)
+                .unwrap_or("");
             let re = build_regex(p, flags)?;
-            return Ok(candidates_match(cands, &|v| v.as_str().is_some_and(|s| re.is_match(s))));
+            return Ok(candidates_match(cands, &|v| {
+                v.as_str().is_some_and(|s| re.is_match(s))
+            }));
         }
         if m.keys().next().is_some_and(|k| k.starts_with('$')) {
             let mut ok = true;
             for (op, arg) in m {
                 let hit = match op.as_str() {
                     "$regex" => {
-                        let pattern = arg.as_str().ok_or_else(|| ApiFailure::plain("$regex has to be a string"))?;
+                        let pattern = arg
+                            .as_str()
+                            .ok_or_else(|| ApiFailure::plain("$regex has to be a string"))?;
                         let opts = m.get("$options").and_then(Value::as_str).unwrap_or("");
                         let re = build_regex(pattern, opts)?;
                         candidates_match(cands, &|v| v.as_str().is_some_and(|s| re.is_match(s)))
@@ -762,7 +838,9 @@ fn field_matches(cands: &[&Value], cond: &Value) -> Result<bool, ApiFailure> {
     if cond.is_null() && cands.is_empty() {
         return Ok(true);
     }
-    Ok(cands.iter().any(|v| mongo_eq(v, cond) || matches!(v, Value::Array(a) if a.iter().any(|e| mongo_eq(e, cond)))))
+    Ok(cands.iter().any(|v| {
+        mongo_eq(v, cond) || matches!(v, Value::Array(a) if a.iter().any(|e| mongo_eq(e, cond)))
+    }))
 }
 
 /// `$eq`, `$ne`, `$gt`, `$gte`, `$lt`, `$lte`, `$in`, `$nin` on candidate values.
@@ -778,7 +856,9 @@ fn compare_op(cands: &[&Value], op: &str, arg: &Value) -> Result<bool, ApiFailur
         "$lt" => candidates_match(cands, &|v| same_type_cmp(v, &|o| o == Ordering::Less)),
         "$lte" => candidates_match(cands, &|v| same_type_cmp(v, &|o| o != Ordering::Greater)),
         "$in" | "$nin" => {
-            let list = arg.as_array().ok_or_else(|| ApiFailure::plain(format!("{op} needs an array")))?;
+            let list = arg
+                .as_array()
+                .ok_or_else(|| ApiFailure::plain(format!("{op} needs an array")))?;
             let hit = candidates_match(cands, &|v| list.iter().any(|e| mongo_eq(v, e)));
             if op == "$in" {
                 hit
@@ -801,7 +881,9 @@ pub fn matches(doc: &Value, query: &Map<String, Value>) -> Result<bool, ApiFailu
                     .ok_or_else(|| ApiFailure::plain("$and/$or/$nor must be a nonempty array"))?;
                 let mut results = Vec::with_capacity(list.len());
                 for sub in list {
-                    let sub = sub.as_object().ok_or_else(|| ApiFailure::plain("$or/$and/$nor entries need to be full objects"))?;
+                    let sub = sub.as_object().ok_or_else(|| {
+                        ApiFailure::plain("$or/$and/$nor entries need to be full objects")
+                    })?;
                     results.push(matches(doc, sub)?);
                 }
                 if key == "$and" {
@@ -810,7 +892,11 @@ pub fn matches(doc: &Value, query: &Map<String, Value>) -> Result<bool, ApiFailu
                     results.iter().any(|b| *b)
                 }
             }
-            k if k.starts_with('$') => return Err(ApiFailure::plain(format!("unknown top level operator: {k}"))),
+            k if k.starts_with('$') => {
+                return Err(ApiFailure::plain(format!(
+                    "unknown top level operator: {k}"
+                )))
+            }
             path => {
                 let segs: Vec<&str> = path.split('.').collect();
                 let mut cands = Vec::new();
@@ -838,7 +924,10 @@ pub fn match_id_filter(ids: &[&str], id: &Value) -> Result<Option<usize>, ApiFai
                     if !op.starts_with('$') {
                         return Err(ApiFailure::plain(format!("unknown operator: {op}")));
                     }
-                    ok &= field_matches(&[&v], &Value::Object(Map::from_iter([(op.clone(), arg.clone())])))?;
+                    ok &= field_matches(
+                        &[&v],
+                        &Value::Object(Map::from_iter([(op.clone(), arg.clone())])),
+                    )?;
                 }
                 ok
             }
@@ -858,8 +947,11 @@ pub fn match_id_filter(ids: &[&str], id: &Value) -> Result<Option<usize>, ApiFai
 pub fn project(doc: &Value, fields: &Map<String, Value>) -> Value {
     let inclusion = fields.values().any(|v| !is_one_of(v, &[0.0]));
     if inclusion {
-        let mut paths: Vec<Vec<&str>> =
-            fields.iter().filter(|(_, v)| !is_one_of(v, &[0.0])).map(|(k, _)| k.split('.').collect()).collect();
+        let mut paths: Vec<Vec<&str>> = fields
+            .iter()
+            .filter(|(_, v)| !is_one_of(v, &[0.0]))
+            .map(|(k, _)| k.split('.').collect())
+            .collect();
         paths.push(vec!["_id"]);
         include_paths(doc, &paths)
     } else {
@@ -876,8 +968,11 @@ fn include_paths(doc: &Value, paths: &[Vec<&str>]) -> Value {
         Value::Object(m) => {
             let mut out = Map::new();
             for (k, v) in m {
-                let sub: Vec<Vec<&str>> =
-                    paths.iter().filter(|p| p.first() == Some(&k.as_str())).map(|p| p[1..].to_vec()).collect();
+                let sub: Vec<Vec<&str>> = paths
+                    .iter()
+                    .filter(|p| p.first() == Some(&k.as_str()))
+                    .map(|p| p[1..].to_vec())
+                    .collect();
                 if sub.is_empty() {
                     continue;
                 }
@@ -889,13 +984,20 @@ fn include_paths(doc: &Value, paths: &[Vec<&str>]) -> Value {
             }
             Value::Object(out)
         }
-        Value::Array(a) => Value::Array(a.iter().filter(|e| e.is_object()).map(|e| include_paths(e, paths)).collect()),
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .filter(|e| e.is_object())
+                .map(|e| include_paths(e, paths))
+                .collect(),
+        ),
         other => other.clone(),
     }
 }
 
 fn remove_path(doc: &mut Value, path: &[&str]) {
-    let Some((first, rest)) = path.split_first() else { return };
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
     match doc {
         Value::Object(m) => {
             if rest.is_empty() {
@@ -914,7 +1016,11 @@ pub fn sort_docs(docs: &mut [&Value], sort: &Map<String, Value>) {
     docs.sort_by(|a, b| {
         for (k, dir) in sort {
             let o = mongo_cmp(get_path(a, k), get_path(b, k));
-            let o = if dir.as_f64().is_some_and(|d| d < 0.0) { o.reverse() } else { o };
+            let o = if dir.as_f64().is_some_and(|d| d < 0.0) {
+                o.reverse()
+            } else {
+                o
+            };
             if o != Ordering::Equal {
                 return o;
             }
@@ -943,13 +1049,25 @@ pub fn find(
 ) -> Result<Found, ApiFailure> {
     let skip = match p.offset {
         Some(o) if o >= 0 => o as usize,
-        Some(o) => return Err(ApiFailure::plain(format!("BSON field 'skip' value must be >= 0, actual value '{o}'"))),
-        None => return Err(ApiFailure::plain("BSON field 'skip' value must be >= 0, actual value 'NaN'")),
+        Some(o) => {
+            return Err(ApiFailure::plain(format!(
+                "BSON field 'skip' value must be >= 0, actual value '{o}'"
+            )))
+        }
+        None => {
+            return Err(ApiFailure::plain(
+                "BSON field 'skip' value must be >= 0, actual value 'NaN'",
+            ))
+        }
     };
     let limit = match p.count {
         Some(0) => usize::MAX,
         Some(c) => usize::try_from(c.unsigned_abs()).unwrap_or(usize::MAX),
-        None => return Err(ApiFailure::plain("BSON field 'limit' value must be >= 0, actual value 'NaN'")),
+        None => {
+            return Err(ApiFailure::plain(
+                "BSON field 'limit' value must be >= 0, actual value 'NaN'",
+            ))
+        }
     };
     let mut hits = Vec::new();
     for d in docs {
@@ -959,7 +1077,12 @@ pub fn find(
     }
     sort_docs(&mut hits, sort);
     let total = hits.len();
-    let page = hits.into_iter().skip(skip).take(limit).map(|d| project(d, fields)).collect();
+    let page = hits
+        .into_iter()
+        .skip(skip)
+        .take(limit)
+        .map(|d| project(d, fields))
+        .collect();
     Ok(Found { docs: page, total })
 }
 
@@ -974,8 +1097,14 @@ mod tests {
 
     #[test]
     fn qs_plain_and_decoding() {
-        assert_eq!(qs("roomId=abc&count=5"), json!({"roomId":"abc","count":"5"}));
-        assert_eq!(qs("a=b+c%20d&room%49d=x"), json!({"a":"b c d","roomId":"x"}));
+        assert_eq!(
+            qs("roomId=abc&count=5"),
+            json!({"roomId":"abc","count":"5"})
+        );
+        assert_eq!(
+            qs("a=b+c%20d&room%49d=x"),
+            json!({"a":"b c d","roomId":"x"})
+        );
         assert_eq!(qs("sort=%7B%22ts%22:-1%7D"), json!({"sort":"{\"ts\":-1}"}));
         assert_eq!(qs("bad=%zz%&flag"), json!({"bad":"%zz%","flag":""}));
         assert_eq!(qs("&&=x&a=1&"), json!({"a":"1"}));
@@ -995,11 +1124,17 @@ mod tests {
     fn qs_objects() {
         assert_eq!(qs("roomId[$ne]=x"), json!({"roomId":{"$ne":"x"}}));
         assert_eq!(qs("roomId%5B%24ne%5D=x"), json!({"roomId":{"$ne":"x"}}));
-        assert_eq!(qs("a[b][c]=1&a[b][d]=2"), json!({"a":{"b":{"c":"1","d":"2"}}}));
+        assert_eq!(
+            qs("a[b][c]=1&a[b][d]=2"),
+            json!({"a":{"b":{"c":"1","d":"2"}}})
+        );
         assert_eq!(qs("r[$in][]=a&r[$in][]=b"), json!({"r":{"$in":["a","b"]}}));
         assert_eq!(qs("a[b]=1&a=2"), json!({"a":{"b":"1","2":true}}));
         assert_eq!(qs("a=2&a[b]=1"), json!({"a":["2",{"b":"1"}]}));
-        assert_eq!(qs("a[b][c][d][e][f][g]=1"), json!({"a":{"b":{"c":{"d":{"e":{"f":{"[g]":"1"}}}}}}}));
+        assert_eq!(
+            qs("a[b][c][d][e][f][g]=1"),
+            json!({"a":{"b":{"c":{"d":{"e":{"f":{"[g]":"1"}}}}}}})
+        );
         assert_eq!(qs("toString=1&a[constructor]=2&b=3"), json!({"b":"3"}));
     }
 
@@ -1024,15 +1159,66 @@ mod tests {
 
     #[test]
     fn pagination_rules() {
-        assert_eq!(pg(""), Pagination { offset: Some(0), count: Some(50) });
-        assert_eq!(pg("offset=10&count=20"), Pagination { offset: Some(10), count: Some(20) });
-        assert_eq!(pg("count=500"), Pagination { offset: Some(0), count: Some(100) });
-        assert_eq!(pg("count=0"), Pagination { offset: Some(0), count: Some(0) });
-        assert_eq!(pg("count="), Pagination { offset: Some(0), count: Some(0) });
-        assert_eq!(pg("count=-100000"), Pagination { offset: Some(0), count: Some(-100000) });
-        assert_eq!(pg("count=abc&offset=x"), Pagination { offset: None, count: None });
-        assert_eq!(pg("offset=&count=7&count=9"), Pagination { offset: Some(0), count: Some(7) });
-        let strict = PaginationSettings { allow_infinite: false, ..Default::default() };
+        assert_eq!(
+            pg(""),
+            Pagination {
+                offset: Some(0),
+                count: Some(50)
+            }
+        );
+        assert_eq!(
+            pg("offset=10&count=20"),
+            Pagination {
+                offset: Some(10),
+                count: Some(20)
+            }
+        );
+        assert_eq!(
+            pg("count=500"),
+            Pagination {
+                offset: Some(0),
+                count: Some(100)
+            }
+        );
+        assert_eq!(
+            pg("count=0"),
+            Pagination {
+                offset: Some(0),
+                count: Some(0)
+            }
+        );
+        assert_eq!(
+            pg("count="),
+            Pagination {
+                offset: Some(0),
+                count: Some(0)
+            }
+        );
+        assert_eq!(
+            pg("count=-100000"),
+            Pagination {
+                offset: Some(0),
+                count: Some(-100000)
+            }
+        );
+        assert_eq!(
+            pg("count=abc&offset=x"),
+            Pagination {
+                offset: None,
+                count: None
+            }
+        );
+        assert_eq!(
+            pg("offset=&count=7&count=9"),
+            Pagination {
+                offset: Some(0),
+                count: Some(7)
+            }
+        );
+        let strict = PaginationSettings {
+            allow_infinite: false,
+            ..Default::default()
+        };
         assert_eq!(pagination(&parse_qs("count=0"), strict).count, Some(50));
     }
 
@@ -1071,7 +1257,10 @@ mod tests {
         let incl = project(&doc, json!({"msg":1,"_id":0,"e2e":0}).as_object().unwrap());
         assert_eq!(incl, json!({"_id":"m1","msg":"Hello there"}));
         let excl = project(&doc, json!({"u.username":0,"tags":0}).as_object().unwrap());
-        assert_eq!(excl, json!({"_id":"m1","msg":"Hello there","u":{},"ts":"2024"}));
+        assert_eq!(
+            excl,
+            json!({"_id":"m1","msg":"Hello there","u":{},"ts":"2024"})
+        );
     }
 
     #[test]
@@ -1080,7 +1269,10 @@ mod tests {
         assert_eq!(match_id_filter(&ids, &json!("b")).unwrap(), Some(1));
         assert_eq!(match_id_filter(&ids, &json!({"$ne":"a"})).unwrap(), Some(1));
         assert_eq!(match_id_filter(&ids, &json!({"$gt":"b"})).unwrap(), Some(2));
-        assert_eq!(match_id_filter(&ids, &json!({"$in":["c"]})).unwrap(), Some(2));
+        assert_eq!(
+            match_id_filter(&ids, &json!({"$in":["c"]})).unwrap(),
+            Some(2)
+        );
         assert_eq!(match_id_filter(&ids, &json!({"x":"a"})).unwrap(), None);
         assert!(match_id_filter(&ids, &json!({"$where":"1"})).is_err());
         assert!(match_id_filter(&ids, &json!({"$in":"c"})).is_err());

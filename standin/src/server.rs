@@ -80,7 +80,7 @@ impl Shared {
     }
 
     fn fault(&self) -> Fault {
-        lock(&self.fault).clone()
+        *lock(&self.fault)
     }
 
     fn delay(&self, path: &str) -> Option<Duration> {
@@ -90,7 +90,11 @@ impl Shared {
 
 /// Accepts connections until `stop` fires (or its sender is dropped); then every connection
 /// task is aborted.
-pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<()>) {
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<()>,
+) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -122,7 +126,10 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>, stop: watch::R
     let _ = stream.set_nodelay(true);
     let svc = service_fn(move |req| handle(req, shared.clone(), stop.clone()));
     let builder = auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await {
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+        .await
+    {
         tracing::debug!(error = %e, "standin: connection ended with an error");
     }
 }
@@ -165,15 +172,25 @@ fn parse_raw_head(buf: &[u8]) -> Option<RecordedRequest> {
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
     let path = target.split('?').next().unwrap_or_default().to_string();
-    Some(RecordedRequest { method, target, path, headers, body_len: 0 })
+    Some(RecordedRequest {
+        method,
+        target,
+        path,
+        headers,
+        body_len: 0,
+    })
 }
 
 fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 fn empty() -> Body {
-    Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync()
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 fn response(status: StatusCode, body: Body) -> Response<Body> {
@@ -195,9 +212,14 @@ fn json_response(status: StatusCode, body: &Value, api: bool) -> Response<Body> 
     r
 }
 
-fn text_response(status: StatusCode, content_type: &'static str, body: &'static str) -> Response<Body> {
+fn text_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: &'static str,
+) -> Response<Body> {
     let mut r = response(status, full(body));
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
@@ -220,7 +242,12 @@ async fn read_body(mut body: Incoming) -> (Bytes, u64) {
 /// The repeating pattern of `/_standin/bytes/<n>`: byte `i` is `i % 251`.
 fn pattern() -> &'static Bytes {
     static PATTERN: OnceLock<Bytes> = OnceLock::new();
-    PATTERN.get_or_init(|| (0..BYTES_CHUNK + 251).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into())
+    PATTERN.get_or_init(|| {
+        (0..BYTES_CHUNK + 251)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>()
+            .into()
+    })
 }
 
 /// `n` pattern bytes starting at stream position `pos`, `n <= BYTES_CHUNK`.
@@ -229,16 +256,28 @@ fn pattern_slice(pos: u64, n: usize) -> Bytes {
     pattern().slice(off..off + n)
 }
 
-async fn handle(req: Request<Incoming>, shared: Arc<Shared>, stop: watch::Receiver<()>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<()>,
+) -> Result<Response<Body>, Infallible> {
     let (mut parts, body) = req.into_parts();
     let method = parts.method.clone();
     let path = parts.uri.path().to_string();
-    let target = parts.uri.path_and_query().map_or_else(|| path.clone(), |pq| pq.as_str().to_string());
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| path.clone(), |pq| pq.as_str().to_string());
     let query = parts.uri.query().unwrap_or("").to_string();
     let headers: Vec<(String, String)> = parts
         .headers
         .iter()
-        .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
 
     let is_upload = path == "/_standin/upload" && (method == Method::POST || method == Method::PUT);
@@ -285,7 +324,14 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>, stop: watch::Receiv
     } else if api::api_segments(&path).is_some() {
         let answer = {
             let mut state = lock(&shared.state);
-            api::handle(&mut state, &method, &path, &query, &parts.headers, &body_bytes)
+            api::handle(
+                &mut state,
+                &method,
+                &path,
+                &query,
+                &parts.headers,
+                &body_bytes,
+            )
         };
         let mut r = json_response(answer.status, &answer.body, true);
         for (name, value) in answer.headers {
@@ -302,12 +348,18 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>, stop: watch::Receiv
             "<!DOCTYPE html>\n<html><head><title>Rocket.Chat</title></head><body></body></html>\n",
         )
     } else {
-        text_response(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "Not Found")
+        text_response(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "Not Found",
+        )
     };
 
     if method == Method::HEAD {
         if let Some(len) = resp.body().size_hint().exact() {
-            resp.headers_mut().entry(CONTENT_LENGTH).or_insert_with(|| HeaderValue::from(len));
+            resp.headers_mut()
+                .entry(CONTENT_LENGTH)
+                .or_insert_with(|| HeaderValue::from(len));
         }
         *resp.body_mut() = empty();
     }
@@ -329,8 +381,12 @@ fn cut_response(content_length: u64, sent: usize) -> Response<Body> {
         }
     });
     let mut r = response(StatusCode::OK, StreamBody::new(frames).boxed_unsync());
-    r.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(content_length));
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    r.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(content_length));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     r
 }
 
@@ -348,22 +404,46 @@ async fn upload(mut body: Incoming, shared: &Shared, index: usize) -> Response<B
             }
             Err(e) => {
                 shared.set_body_len(index, total);
-                return json_response(StatusCode::BAD_REQUEST, &json!({"error": e.to_string(), "bytes": total}), false);
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"error": e.to_string(), "bytes": total}),
+                    false,
+                );
             }
         }
     }
     shared.set_body_len(index, total);
-    json_response(StatusCode::OK, &json!({"bytes": total, "sha256": api::hex(&hasher.finalize())}), false)
+    json_response(
+        StatusCode::OK,
+        &json!({"bytes": total, "sha256": api::hex(&hasher.finalize())}),
+        false,
+    )
 }
 
 /// The `/_standin/` helpers other than upload.
-fn helper(method: &Method, path: &str, target: &str, headers: &[(String, String)], body_len: u64) -> Response<Body> {
+fn helper(
+    method: &Method,
+    path: &str,
+    target: &str,
+    headers: &[(String, String)],
+    body_len: u64,
+) -> Response<Body> {
     let rest = &path["/_standin/".len()..];
     let get = method == Method::GET || method == Method::HEAD;
-    let not_found = || json_response(StatusCode::NOT_FOUND, &json!({"error": "no such stand-in helper"}), false);
+    let not_found = || {
+        json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": "no such stand-in helper"}),
+            false,
+        )
+    };
     if let Some(n) = rest.strip_prefix("bytes/") {
         let Ok(n) = n.parse::<u64>() else {
-            return json_response(StatusCode::BAD_REQUEST, &json!({"error": "bad byte count"}), false);
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "bad byte count"}),
+                false,
+            );
         };
         if !get {
             return not_found();
@@ -373,17 +453,31 @@ fn helper(method: &Method, path: &str, target: &str, headers: &[(String, String)
                 return None;
             }
             let len = (n - pos).min(BYTES_CHUNK as u64) as usize;
-            Some((Ok::<_, BoxError>(Frame::data(pattern_slice(pos, len))), pos + len as u64))
+            Some((
+                Ok::<_, BoxError>(Frame::data(pattern_slice(pos, len))),
+                pos + len as u64,
+            ))
         });
         let mut r = response(StatusCode::OK, StreamBody::new(chunks).boxed_unsync());
         r.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(n));
-        r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        r.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
         return r;
     }
     if let Some(code) = rest.strip_prefix("status/") {
-        let Some(status) = code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()).filter(|s| s.as_u16() >= 200)
+        let Some(status) = code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .filter(|s| s.as_u16() >= 200)
         else {
-            return json_response(StatusCode::BAD_REQUEST, &json!({"error": "bad status code"}), false);
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "bad status code"}),
+                false,
+            );
         };
         if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             return response(status, empty());
@@ -399,7 +493,8 @@ fn helper(method: &Method, path: &str, target: &str, headers: &[(String, String)
         "cookies" if get => {
             let mut r = json_response(StatusCode::OK, &json!({"cookies": 3}), false);
             for c in ["a=1", "b=2", "c=3"] {
-                r.headers_mut().append(SET_COOKIE, HeaderValue::from_static(c));
+                r.headers_mut()
+                    .append(SET_COOKIE, HeaderValue::from_static(c));
             }
             r
         }
@@ -411,10 +506,16 @@ fn helper(method: &Method, path: &str, target: &str, headers: &[(String, String)
                 if i > 0 {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                Some((Ok::<_, BoxError>(Frame::data(Bytes::from(format!("chunk {i}\n")))), i + 1))
+                Some((
+                    Ok::<_, BoxError>(Frame::data(Bytes::from(format!("chunk {i}\n")))),
+                    i + 1,
+                ))
             });
             let mut r = response(StatusCode::OK, StreamBody::new(chunks).boxed_unsync());
-            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
             r
         }
         _ => not_found(),
@@ -432,17 +533,29 @@ fn websocket(
         .get_all(http::header::UPGRADE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("websocket")));
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("websocket"))
+        });
     let key = headers.get(http::header::SEC_WEBSOCKET_KEY);
-    let (Some(on_upgrade), Some(key), true, true) = (on_upgrade, key, wants_ws, method == Method::GET) else {
-        return text_response(StatusCode::BAD_REQUEST, "text/plain", "Can \"Upgrade\" only to \"WebSocket\".");
+    let (Some(on_upgrade), Some(key), true, true) =
+        (on_upgrade, key, wants_ws, method == Method::GET)
+    else {
+        return text_response(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "Can \"Upgrade\" only to \"WebSocket\".",
+        );
     };
     let accept = derive_accept_key(key.as_bytes());
     tokio::spawn(ws_echo(on_upgrade, stop));
     let mut r = response(StatusCode::SWITCHING_PROTOCOLS, empty());
     let h = r.headers_mut();
     h.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(http::header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(
+        http::header::CONNECTION,
+        HeaderValue::from_static("Upgrade"),
+    );
     if let Ok(v) = HeaderValue::from_str(&accept) {
         h.insert(http::header::SEC_WEBSOCKET_ACCEPT, v);
     }
