@@ -23,7 +23,8 @@ pub const SETTING_ID: &str = "API_Enable_Direct_Message_History_EndPoint";
 
 /// Roles holding the permission.
 pub struct Roles {
-    source: RolesSource,
+    /// The configured list (`roles = [...]`), built once; `None` means "from the upstream".
+    fixed: Option<Arc<Vec<String>>>,
     permission: String,
     service: Option<Credential>,
     cache: Cache<(), Arc<Vec<String>>>,
@@ -33,7 +34,10 @@ pub struct Roles {
 impl Roles {
     pub fn new(policy: &PolicyConfig, service: Option<Credential>, metrics: Metrics) -> Self {
         Roles {
-            source: policy.roles.clone(),
+            fixed: match &policy.roles {
+                RolesSource::List(l) => Some(Arc::new(l.clone())),
+                RolesSource::Upstream => None,
+            },
             permission: policy.permission.clone(),
             service,
             cache: Cache::builder()
@@ -53,8 +57,8 @@ impl Roles {
         caller: &Credential,
         ctx: &RequestCtx,
     ) -> Result<Arc<Vec<String>>, LookupError> {
-        if let RolesSource::List(l) = &self.source {
-            return Ok(Arc::new(l.clone()));
+        if let Some(fixed) = &self.fixed {
+            return Ok(fixed.clone());
         }
         let cred = self.service.as_ref().unwrap_or(caller);
         let r = self
