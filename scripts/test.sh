@@ -4,6 +4,7 @@
 #   bash scripts/test.sh          # from any directory
 #
 # Steps, in order; the first failure stops the script with a non-zero status:
+#   0. install Debian's redis-server / redis-tools when missing (tests/redis.rs needs them)
 #   1. cargo build --workspace --bins   (the shim and the stand-in Rocket.Chat)
 #   2. cargo test --workspace
 #   3. (reserved for more suites, e.g. redis / nginx: see the marked section below)
@@ -28,6 +29,24 @@ die() { printf 'scripts/test.sh: %s\n' "$*" >&2; exit 1; }
 
 command -v cargo >/dev/null 2>&1 \
   || die "cargo not found on PATH: install the Rust toolchain (https://rustup.rs) and re-run"
+
+# System packages the Rust tests need: Debian's redis-server (tests/redis.rs starts real ones on
+# free loopback ports) with redis-cli. Installed when missing; a failure to install stops here.
+need_pkgs=()
+command -v redis-server >/dev/null 2>&1 || need_pkgs+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need_pkgs+=(redis-tools)
+if ((${#need_pkgs[@]})); then
+  say "installing ${need_pkgs[*]} (Debian packages)"
+  command -v apt-get >/dev/null 2>&1 \
+    || die "missing ${need_pkgs[*]} and no apt-get: install them (Debian: apt-get install ${need_pkgs[*]})"
+  SUDO=""
+  [[ $(id -u) == 0 ]] || SUDO="sudo"
+  $SUDO apt-get update -qq || die "apt-get update failed"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null \
+    || die "apt-get install ${need_pkgs[*]} failed"
+  # The package starts a system-wide instance on 6379; the tests start their own.
+  command -v systemctl >/dev/null 2>&1 && $SUDO systemctl stop redis-server >/dev/null 2>&1 || true
+fi
 
 say "cargo build --workspace --bins"
 cargo build --workspace --bins
