@@ -103,8 +103,8 @@ async fn probe_upstream(app: &AppState) -> bool {
     if let Ok(h) = HeaderValue::from_str(gen.upstream.authority().as_str()) {
         req.headers_mut().insert(header::HOST, h);
     }
-    match tokio::time::timeout(Duration::from_secs(2), gen.upstream.send(req)).await {
-        Ok(Ok(_)) => true,
-        _ => false,
-    }
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), gen.upstream.send(req)).await,
+        Ok(Ok(_))
+    )
 }

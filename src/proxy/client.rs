@@ -11,7 +11,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::body::ProxyBody;
+use crate::body::{ClientBodyError, ProxyBody};
 use crate::config::UpstreamConfig;
 
 /// Why the upstream gave no usable answer head.
@@ -29,6 +29,10 @@ pub enum UpstreamError {
     /// The shim could not build the upstream request (a bug or a bad target).
     #[error("cannot build the upstream request: {0}")]
     Request(String),
+    /// The client's own request body failed while it was streamed upstream (bad chunked
+    /// framing, or the client went away): a 400, and no upstream error.
+    #[error("the client's request body failed: {0}")]
+    ClientBody(String),
 }
 
 impl UpstreamError {
@@ -39,6 +43,7 @@ impl UpstreamError {
             UpstreamError::Timeout(_) => "timeout",
             UpstreamError::Protocol(_) => "protocol",
             UpstreamError::Request(_) => "request",
+            UpstreamError::ClientBody(_) => "client_body",
         }
     }
 }
@@ -138,9 +143,24 @@ impl Upstream {
                 Ok(resp)
             }
             Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
+            Ok(Err(e)) if caused_by_client_body(&e) => {
+                Err(UpstreamError::ClientBody(error_chain(&e)))
+            }
             Ok(Err(e)) => Err(UpstreamError::Protocol(error_chain(&e))),
         }
     }
+}
+
+/// Whether the request failed because the client's body did (see [`ClientBodyError`]).
+fn caused_by_client_body(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if c.is::<ClientBodyError>() {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
 }
 
 /// An error with its sources, for a log line.

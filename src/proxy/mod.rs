@@ -7,7 +7,7 @@ pub mod headers;
 pub mod upgrade;
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
 use crate::body::ProxyBody;
@@ -38,8 +38,9 @@ pub async fn forward(
         .path_and_query()
         .map(|pq| pq.as_str())
         .unwrap_or("/");
-    // `*` (OPTIONS) and absolute-form targets reduce to origin form; anything else is refused.
-    let path_and_query = if path_and_query.starts_with('/') {
+    // Absolute-form targets reduce to origin form; `*` (OPTIONS) and CONNECT's authority form
+    // (which has no path, and would otherwise be sent on as `/`) are refused.
+    let path_and_query = if path_and_query.starts_with('/') && parts.method != Method::CONNECT {
         path_and_query
     } else {
         return respond::error(&ApiError::bad_request("The request target is not a path"));
@@ -88,6 +89,10 @@ pub async fn forward(
 
     let mut resp = match upstream.send(out).await {
         Ok(r) => r,
+        Err(UpstreamError::ClientBody(e)) => {
+            tracing::info!(request_id = ?ctx.request_id, error = %e, "the client's request body failed");
+            return respond::error(&upstream_error_body(&UpstreamError::ClientBody(e)));
+        }
         Err(e) => return upstream_error(app, ctx, &e),
     };
 
@@ -116,7 +121,8 @@ pub async fn forward(
     parts
         .headers
         .insert(&headers::X_REQUEST_ID, ctx.request_id.clone());
-    Response::from_parts(parts, ProxyBody::stream(body))
+    let body = ProxyBody::from_upstream(body, app.metrics.clone(), ctx.request_id.clone());
+    Response::from_parts(parts, body)
 }
 
 /// The 502/504 answer for an upstream failure, logged and counted.
@@ -149,6 +155,9 @@ pub fn upstream_error_body(e: &UpstreamError) -> ApiError {
         }
         UpstreamError::Request(_) => {
             ApiError::bad_gateway("The upstream request could not be built")
+        }
+        UpstreamError::ClientBody(_) => {
+            ApiError::bad_request("The request body is malformed or incomplete")
         }
     }
 }

@@ -6,7 +6,7 @@ pub mod sniff;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -243,7 +243,7 @@ async fn serve(listener: TcpListener, app: Arc<AppState>, shutdown: Cancellation
 }
 
 /// Refuses heads the upstream must never see: a `Content-Length` with a `Transfer-Encoding`
-/// (request smuggling) and heads over `max_header_bytes`.
+/// (request smuggling), more than one `Host`, and heads over `max_header_bytes`.
 fn check_head(req: &Request<Incoming>, flags: &ConnFlags, config: &Config) -> Option<ApiError> {
     if req.headers().contains_key(header::TRANSFER_ENCODING)
         && (req.headers().contains_key(header::CONTENT_LENGTH)
@@ -251,6 +251,13 @@ fn check_head(req: &Request<Incoming>, flags: &ConnFlags, config: &Config) -> Op
     {
         return Some(ApiError::bad_request(
             "The request has both Content-Length and Transfer-Encoding",
+        ));
+    }
+    // RFC 9112 §3.2: more than one Host line is a 400 (proxies and servers may each pick a
+    // different one).
+    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+        return Some(ApiError::bad_request(
+            "The request has more than one Host header",
         ));
     }
     let mut size = req.method().as_str().len()
@@ -344,7 +351,7 @@ async fn handle(
 }
 
 /// Re-reads the config file at `path` and applies it; logs and counts the outcome.
-pub fn reload_from(app: &AppState, path: &PathBuf) -> Result<(), String> {
+pub fn reload_from(app: &AppState, path: &Path) -> Result<(), String> {
     let outcome = Config::load(path)
         .map_err(|e| e.to_string())
         .and_then(|c| reload(app, c));

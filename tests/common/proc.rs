@@ -59,7 +59,9 @@ impl Proc {
     }
 }
 
-/// Starts the binary and waits for its "listening" line.
+/// Starts the binary and waits for its "listening" line. The caller owns the child and waits
+/// for it (tests signal it and check its exit code).
+#[allow(clippy::zombie_processes)]
 pub fn spawn_proc(config: &std::path::Path) -> Proc {
     let mut child = Command::new(BIN)
         .arg("--config")

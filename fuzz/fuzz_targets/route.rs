@@ -1,0 +1,6 @@
+//! Fuzz target `route`: the invariants of `rocketchat_shim::fuzzing::fuzz_check_route`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    rocketchat_shim::fuzzing::fuzz_check_route(data);
+});
