@@ -85,6 +85,9 @@ pub struct UpstreamConfig {
     pub response_timeout: Duration,
     #[serde(deserialize_with = "de_duration")]
     pub pool_idle_timeout: Duration,
+    /// PEM file of extra CA certificates trusted for an `https` upstream (besides the
+    /// built-in web roots); "" for none.
+    pub ca_file: String,
     pub service_account: Option<ServiceAccountConfig>,
 }
 
@@ -99,6 +102,7 @@ impl Default for UpstreamConfig {
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(4),
+            ca_file: String::new(),
             service_account: None,
         }
     }
@@ -502,6 +506,14 @@ impl Config {
                         "\"upstream\" needs [upstream.service_account] with user_id and token_env",
                     )
                 }
+            }
+        }
+        if !self.upstream.ca_file.is_empty() {
+            if let Err(e) = std::fs::metadata(&self.upstream.ca_file) {
+                return bad(
+                    "upstream.ca_file",
+                    &format!("cannot read \"{}\": {e}", self.upstream.ca_file),
+                );
             }
         }
         if let Some(sa) = &self.upstream.service_account {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -51,7 +52,7 @@ impl UpstreamError {
 /// The upstream Rocket.Chat server and the pooled client that reaches it.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpConnector, ProxyBody>,
+    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     response_timeout: Duration,
@@ -75,7 +76,12 @@ impl Upstream {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(cfg.connect_timeout));
         connector.set_nodelay(true);
-        connector.enforce_http(cfg.url.scheme == crate::config::Scheme::Http);
+        connector.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config(&cfg.ca_file)?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(cfg.pool_idle_timeout)
             .pool_timer(TokioTimer::new())
@@ -161,6 +167,35 @@ fn caused_by_client_body(e: &(dyn std::error::Error + 'static)) -> bool {
         cur = c.source();
     }
     false
+}
+
+/// TLS for an `https` upstream: the built-in web roots plus the certificates of `ca_file`.
+fn tls_config(ca_file: &str) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if !ca_file.is_empty() {
+        let pem = std::fs::read(ca_file)
+            .map_err(|e| format!("upstream.ca_file: cannot read \"{ca_file}\": {e}"))?;
+        let mut n = 0;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert = cert.map_err(|e| format!("upstream.ca_file: \"{ca_file}\": {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("upstream.ca_file: \"{ca_file}\": {e}"))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(format!(
+                "upstream.ca_file: \"{ca_file}\" holds no PEM certificate"
+            ));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// An error with its sources, for a log line.
