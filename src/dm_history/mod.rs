@@ -249,22 +249,25 @@ impl DmHistory {
         ctx: &RequestCtx,
         facts: &mut Facts,
     ) -> Result<Response<ProxyBody>, ApiError> {
-        let target = format!(
-            "{}{}?{}",
-            self.upstream.path_prefix,
-            CANONICAL_PATH,
-            query.to_query_string()
-        );
-        let fetch = fetch(
-            self.upstream.clone(),
-            self.metrics.clone(),
-            target,
-            upstream_headers(req.headers(), cred),
-            ctx.clone(),
-        );
+        // Built only when the upstream is really asked (a cache hit needs none of it).
+        let fetch = || {
+            let target = format!(
+                "{}{}?{}",
+                self.upstream.path_prefix,
+                CANONICAL_PATH,
+                query.to_query_string()
+            );
+            fetch(
+                self.upstream.clone(),
+                self.metrics.clone(),
+                target,
+                upstream_headers(req.headers(), cred),
+                ctx.clone(),
+            )
+        };
         let Some(cache) = &self.cache else {
             facts.cache = Outcome::Disabled;
-            return fetched_response(&fetch.await?);
+            return fetched_response(&fetch().await?);
         };
         let key = ResponseCache::key(&identity.user_id, &query.cache_key());
         let refresh = wants_refresh(req.headers());
@@ -274,7 +277,7 @@ impl DmHistory {
                 return fetched_response(&hit);
             }
         }
-        let (result, outcome) = cache.fetch(key, refresh, fetch).await;
+        let (result, outcome) = cache.fetch(key, refresh, fetch()).await;
         facts.cache = outcome;
         match result.as_ref() {
             Ok(f) => fetched_response(f),
@@ -304,6 +307,17 @@ struct Facts {
     user_id: Option<String>,
     cache: Outcome,
     rate: Option<Decision>,
+}
+
+impl Facts {
+    /// Nothing known yet; the cache not consulted.
+    fn new() -> Self {
+        Facts {
+            user_id: None,
+            cache: Outcome::Bypass,
+            rate: None,
+        }
+    }
 }
 
 fn wants_refresh(h: &HeaderMap) -> bool {
@@ -440,11 +454,7 @@ pub async fn handle(
     req: Request<Incoming>,
     ctx: &RequestCtx,
 ) -> Response<ProxyBody> {
-    let mut facts = Facts {
-        user_id: None,
-        cache: Outcome::Bypass,
-        rate: None,
-    };
+    let mut facts = Facts::new();
     let head = req.method() == Method::HEAD;
     let resp = match gen.dm.pipeline(&req, ctx, &mut facts).await {
         Ok(r) => r,
@@ -460,11 +470,7 @@ pub async fn guard(
     req: Request<Incoming>,
     ctx: &RequestCtx,
 ) -> Response<ProxyBody> {
-    let mut facts = Facts {
-        user_id: None,
-        cache: Outcome::Bypass,
-        rate: None,
-    };
+    let mut facts = Facts::new();
     let mut resp = match gen.dm.guard_check(&req, ctx, &mut facts).await {
         Ok(()) => proxy::forward(app, &gen.upstream, req, ctx).await,
         Err(e) => respond::error(&e),
