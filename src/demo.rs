@@ -74,7 +74,8 @@ curl -si -g {admin_h} '{shim}/api/v1/im.messages.others?roomId[$ne]=x'
 curl -si {admin_h} '{shim}/api/v1/im.messages.others?roomId=alice-idbob-id&count=-100000'
 curl -si {admin_h} '{shim}/api/v1/IM.MESSAGES.OTHERS/?roomId=alice-idbob-id&query=%7B%22%24where%22%3A%221%22%7D'
 
-# 429: the per-user budget (5 a minute) is spent; the 6th request in a minute is refused
+# 429: the per-user budget is 5 a minute; once the commands above and this loop have spent it,
+# the rest are refused with Rocket.Chat's body, X-RateLimit-* and Retry-After
 for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' -H 'Cache-Control: no-cache' {admin_h} '{shim}{ep}'; done; echo
 
 # 400: the endpoint disabled by policy (a second shim, {shim_off}, runs the shipped default
