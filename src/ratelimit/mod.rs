@@ -132,7 +132,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> LocalBudget<K> {
                 which: self.which,
                 limit: self.limit,
                 remaining: 0,
-                reset_after: not_until.wait_time_from(DefaultClock::default().now()),
+                reset_after: not_until.wait_time_from(self.limiter.clock().now()),
             },
         }
     }
