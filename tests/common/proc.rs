@@ -66,8 +66,10 @@ pub fn spawn_proc(config: &std::path::Path) -> Proc {
     let mut child = Command::new(BIN)
         .arg("--config")
         .arg(config)
+        // One worker: the current-thread runtime the benchmarks use (the Python client tests
+        // run the default multi-thread one).
         .arg("--workers")
-        .arg("2")
+        .arg("1")
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
