@@ -297,8 +297,10 @@ class Bench:
             try:
                 with open(f"/proc/{master}/task/{master}/children") as f:
                     kids = f.read().split()
-                if kids:
-                    return int(kids[0])
+                for k in kids:  # not the cache manager or loader
+                    with open(f"/proc/{k}/cmdline", "rb") as f:
+                        if b"worker process" in f.read():
+                            return int(k)
             except OSError:
                 pass
             time.sleep(0.05)
@@ -815,7 +817,7 @@ ROWS = [
 
 def table(b):
     head = ["scenario", "contender", "rate (median ± spread)", "p50", "p99", "peak RSS",
-            "proxy CPU", "shim/nginx", "shim/direct"]
+            "proxy CPU (per req)", "shim/nginx", "shim/direct"]
     rows = []
     for key, label, unit in ROWS:
         first = True
@@ -846,8 +848,11 @@ def table(b):
                 rss = fmt_kb(med(rs, "hwm_kb"))
             cpu = med(rs, "cpu")
             cpu_s = f"{cpu * 100:.0f}%" if cpu is not None and name != "direct" else "-"
+            if cpu_s != "-" and unit in ("req/s", "rt/s") and rate:
+                # CPU time per request: comparable even when CPU 1 (load + upstream) limited the rate
+                cpu_s += f" ({med([dict(x=r['cpu'] / r['rate'] * 1e6) for r in rs if r.get('cpu') and r.get('rate')], 'x'):.1f} µs)"
             rn = rd = ""
-            if name == "shim":
+            if name == "shim" and key != "5":
                 ng = b.results.get((key, "nginx"))
                 di = b.results.get((key, "direct"))
                 if ng and med(ng, "rate"):
@@ -954,7 +959,7 @@ def main():
             t = time.time()
             SCENARIOS[s](b)
             print(f"  ({time.time() - t:.0f} s)", flush=True)
-    except Void as e:
+    except (Void, RuntimeError, subprocess.TimeoutExpired) as e:
         b.errors.append(str(e))
     except KeyboardInterrupt:
         b.errors.append("interrupted")
