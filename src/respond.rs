@@ -24,7 +24,7 @@ pub fn json(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
 pub fn error(e: &ApiError) -> Response<ProxyBody> {
     let mut resp = json(e.status, e.body_bytes());
     for (name, value) in &e.headers {
-        resp.headers_mut().append(*name, value.clone());
+        resp.headers_mut().append(name.clone(), value.clone());
     }
     resp
 }

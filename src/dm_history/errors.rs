@@ -5,6 +5,7 @@
 //! server writes it. The shim never invents another shape, so existing clients keep working.
 
 use bytes::Bytes;
+use http::header::{self, HeaderName};
 use http::{HeaderValue, StatusCode};
 use serde_json::{json, Value};
 
@@ -18,7 +19,7 @@ pub const IM_ROUTE: &str = "/api/v1/im.messages.others";
 pub struct ApiError {
     pub status: StatusCode,
     pub body: Value,
-    pub headers: Vec<(&'static str, HeaderValue)>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
@@ -137,7 +138,7 @@ impl ApiError {
         );
         e.status = StatusCode::METHOD_NOT_ALLOWED;
         e.headers
-            .push(("allow", HeaderValue::from_static("GET, HEAD")));
+            .push((header::ALLOW, HeaderValue::from_static("GET, HEAD")));
         e
     }
 
@@ -178,7 +179,7 @@ impl ApiError {
     }
 
     /// Adds a header to the answer.
-    pub fn with_header(mut self, name: &'static str, value: HeaderValue) -> Self {
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
         self.headers.push((name, value));
         self
     }

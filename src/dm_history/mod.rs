@@ -424,7 +424,7 @@ fn finish(mut resp: Response<ProxyBody>, facts: Facts, head: bool) -> Response<P
     let h = resp.headers_mut();
     h.insert(&CACHE_STATUS, facts.cache.header());
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if !h.contains_key("x-ratelimit-limit") {
+    if !h.contains_key(&crate::ratelimit::X_RATELIMIT_LIMIT) {
         if let Some(d) = facts.rate {
             for (n, v) in d.headers() {
                 h.insert(n, v);

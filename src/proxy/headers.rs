@@ -204,8 +204,15 @@ fn new_request_id() -> HeaderValue {
     a.write_u64(n);
     let mut b = state.build_hasher();
     b.write_u64(!n);
-    let s = format!("{:016x}{:016x}", a.finish(), b.finish());
-    HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("0"))
+    // Hex on the stack: one allocation (the header value's own), no formatter.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 32];
+    for (half, v) in [a.finish(), b.finish()].into_iter().enumerate() {
+        for i in 0..16 {
+            buf[half * 16 + i] = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
+        }
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]

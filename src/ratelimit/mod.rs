@@ -16,7 +16,15 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
+use http::header::{HeaderName, RETRY_AFTER};
 use http::HeaderValue;
+
+/// `X-RateLimit-Limit` (names built once: they are on every answer of the endpoint).
+pub static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+/// `X-RateLimit-Remaining`.
+pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+/// `X-RateLimit-Reset` (Unix milliseconds).
+pub static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 use crate::config::{Budget, OnFailure, RateLimitBackend, RateLimitConfig};
 use crate::dm_history::errors::ApiError;
@@ -48,7 +56,7 @@ pub struct Decision {
 impl Decision {
     /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset` (Unix milliseconds,
     /// as Rocket.Chat sends it).
-    pub fn headers(&self) -> [(&'static str, HeaderValue); 3] {
+    pub fn headers(&self) -> [(HeaderName, HeaderValue); 3] {
         let reset_ms = SystemTime::now()
             .checked_add(self.reset_after)
             .unwrap_or_else(SystemTime::now)
@@ -56,9 +64,12 @@ impl Decision {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         [
-            ("x-ratelimit-limit", HeaderValue::from(self.limit)),
-            ("x-ratelimit-remaining", HeaderValue::from(self.remaining)),
-            ("x-ratelimit-reset", HeaderValue::from(reset_ms)),
+            (X_RATELIMIT_LIMIT.clone(), HeaderValue::from(self.limit)),
+            (
+                X_RATELIMIT_REMAINING.clone(),
+                HeaderValue::from(self.remaining),
+            ),
+            (X_RATELIMIT_RESET.clone(), HeaderValue::from(reset_ms)),
         ]
     }
 
@@ -75,7 +86,7 @@ impl Decision {
         for (n, v) in self.headers() {
             e = e.with_header(n, v);
         }
-        e.with_header("retry-after", HeaderValue::from(secs))
+        e.with_header(RETRY_AFTER, HeaderValue::from(secs))
     }
 }
 
@@ -284,7 +295,7 @@ mod tests {
         assert!((19..=20).contains(&d.wait_secs()), "{}", d.wait_secs());
         let e = d.refusal();
         assert_eq!(e.status, http::StatusCode::TOO_MANY_REQUESTS);
-        let names: Vec<_> = e.headers.iter().map(|(n, _)| *n).collect();
+        let names: Vec<_> = e.headers.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
             vec![
