@@ -36,49 +36,8 @@ if [[ ! -d "$VENV" ]]; then
 fi
 
 echo "== cargo build --workspace --bins"
-cargo build --quiet --workspace --bins
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps \
-  | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-SHIM_BIN=$TARGET_DIR/debug/rocketchat-shim
-STANDIN_BIN=$TARGET_DIR/debug/rocketchat-standin
-
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-# wait_line FILE PATTERN: waits (10 s at most) until FILE has a line matching PATTERN.
-wait_line() {
-  for _ in $(seq 1 200); do
-    if grep -q "$2" "$1" 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  cat "$1" >&2
-  die "no line matching '$2' in $1"
-}
-
-"$STANDIN_BIN" --listen 127.0.0.1:0 >"$WORK/standin.out" 2>&1 &
-PIDS+=($!)
-wait_line "$WORK/standin.out" 'listening on http://'
-UPSTREAM=$(sed -n 's/.*listening on \(http:\/\/[0-9.:]*\).*/\1/p' "$WORK/standin.out" | head -n1)
-
-cat >"$WORK/shim.toml" <<EOF
-[server]
-listen = "127.0.0.1:0"
-[admin]
-listen = ""
-[upstream]
-url = "$UPSTREAM"
-EOF
-RUST_LOG=info "$SHIM_BIN" --config "$WORK/shim.toml" >"$WORK/shim.out" 2>&1 &
-PIDS+=($!)
-wait_line "$WORK/shim.out" 'rocketchat-shim listening'
-SHIM=$(grep 'rocketchat-shim listening' "$WORK/shim.out" | head -n1 \
-  | "$PY" -c 'import json, sys; print(json.loads(sys.stdin.read())["addr"])')
+. scripts/pair.sh
+start_pair ""
 
 DIRECT_URL="ws://${UPSTREAM#http://}/websocket"
 SHIM_URL="ws://$SHIM/websocket"

@@ -26,6 +26,11 @@ pub struct Entry<'a> {
     pub facts: &'a LogFacts,
 }
 
+/// Whether access lines are written (`access` at info level passes the `RUST_LOG` filter).
+pub fn enabled() -> bool {
+    tracing::enabled!(target: "access", tracing::Level::INFO)
+}
+
 /// Writes the line (when `access` at info level is enabled).
 pub fn log(e: &Entry<'_>) {
     tracing::info!(

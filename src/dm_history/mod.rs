@@ -449,7 +449,6 @@ fn finish(mut resp: Response<ProxyBody>, facts: Facts, head: bool) -> Response<P
 
 /// Answers the intercepted endpoint.
 pub async fn handle(
-    _app: &AppState,
     gen: &Generation,
     req: Request<Incoming>,
     ctx: &RequestCtx,

@@ -292,8 +292,8 @@ async fn handle(
         peer_trusted: headers::is_trusted(peer.ip(), trusted),
         request_id: headers::request_id(req.headers()),
     };
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // The access log's copies of the method and path, only when that log is on (a hot path).
+    let logged = access_log::enabled().then(|| (req.method().clone(), req.uri().path().to_owned()));
 
     let (class, mut resp) = if let Some(err) = check_head(&req, &flags, config) {
         (RouteClass::Passthrough, respond::error(&err))
@@ -316,7 +316,7 @@ async fn handle(
             }
             Route::DmHistory => (
                 RouteClass::Intercepted,
-                dm_history::handle(&app, &gen, req, &ctx).await,
+                dm_history::handle(&gen, req, &ctx).await,
             ),
             Route::Guarded(_) => (
                 RouteClass::Guarded,
@@ -332,21 +332,23 @@ async fn handle(
         .extensions_mut()
         .remove::<LogFacts>()
         .unwrap_or_default();
-    access_log::log(&access_log::Entry {
-        request_id: &ctx.request_id,
-        client: ctx.client_ip,
-        method: method.as_str(),
-        path: &path,
-        status: resp.status().as_u16(),
-        bytes: resp
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok()),
-        duration: elapsed,
-        route: class,
-        facts: &facts,
-    });
+    if let Some((method, path)) = &logged {
+        access_log::log(&access_log::Entry {
+            request_id: &ctx.request_id,
+            client: ctx.client_ip,
+            method: method.as_str(),
+            path,
+            status: resp.status().as_u16(),
+            bytes: resp
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+            duration: elapsed,
+            route: class,
+            facts: &facts,
+        });
+    }
     resp
 }
 
