@@ -21,7 +21,8 @@ use std::path::Path;
 
 use crate::config::{Config, ParamsConfig, QueryAndFields};
 use crate::dm_history::params::{encode_component, CanonicalQuery, RawQuery};
-use crate::route::{self, Route};
+use crate::route::{self, Guarded, Route};
+use crate::router_models;
 
 /// The endpoint names under `/api/v1/`, split by the route they must take.
 const DM_HISTORY: [&str; 2] = ["im.messages.others", "dm.messages.others"];
@@ -89,6 +90,10 @@ pub fn fuzz_check_route(data: &[u8]) {
                         "{raw:?} (prefix {prefix:?}) is Guarded but normalises to {decoded:?} / {whatwg:?}"
                     );
                 }
+                Route::Ambiguous => assert!(
+                    !route::guarded_names(raw, guard).is_empty(),
+                    "{raw:?} is Ambiguous but names no guarded endpoint"
+                ),
                 Route::Passthrough => {
                     assert!(
                         dm_name.is_none(),
@@ -103,8 +108,33 @@ pub fn fuzz_check_route(data: &[u8]) {
             if dm_name.is_some() {
                 assert_eq!(class, Route::DmHistory, "{raw:?} (prefix {prefix:?})");
             }
+            check_against_router_models(raw, prefix, guard, class);
         }
     }
+}
+
+/// The differential half of [`fuzz_check_route`]: no model router
+/// ([`crate::router_models`]) routes a path to a guarded name that the classification lets
+/// through, or sends to the other related endpoint's checks.
+pub fn check_against_router_models(raw: &str, prefix: &str, guard: bool, class: Route) {
+    let Some((router, name)) = router_models::reaches_guarded(raw, prefix, guard) else {
+        return;
+    };
+    let related = |n: &str| match n {
+        "im.list.everyone" | "dm.list.everyone" => Some(Guarded::ListEveryone),
+        "im.counters" | "dm.counters" => Some(Guarded::Counters),
+        _ => None,
+    };
+    let fine = match (class, related(name)) {
+        (Route::Passthrough, _) => false,
+        (Route::DmHistory | Route::Ambiguous, _) => true,
+        (Route::Guarded(_), None) => false,
+        (Route::Guarded(g), Some(want)) => g == want,
+    };
+    assert!(
+        fine,
+        "bypass: {router} routes {raw:?} (prefix {prefix:?}, guard {guard}) to {name}, but it is classified {class:?}"
+    );
 }
 
 /// The `[policy.params]` variants the params check runs with.

@@ -19,5 +19,6 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod respond;
 pub mod route;
+pub mod router_models;
 pub mod server;
 pub mod state;

@@ -1,29 +1,39 @@
-//! Path normalisation and the three-way classification of every request.
+//! Path normalisation and the classification of every request into one of the shim's roads.
 //!
-//! The shim owns `GET /api/v1/{im,dm}.messages.others` and must not be bypassed by any spelling
-//! that a Rocket.Chat router (or a normalising proxy between the shim and Rocket.Chat) might
-//! route to it (`spec/shim.md` §1, `spec/rocketchat-reference.md` §7). The rule is
-//! conservative: a false positive on a nonsense path is fine, a false negative is a bypass.
+//! The shim owns `GET /api/v1/{im,dm}.messages.others` (and, optionally, the related endpoints
+//! that leak the same data) and must not be bypassed by any spelling that Rocket.Chat's router,
+//! or a normalising proxy between the shim and Rocket.Chat, might route to them (`spec/shim.md`
+//! §1, `spec/rocketchat-reference.md` §7). The shim cannot know which router stands behind it:
+//! one decodes once and treats a decoded `%2F` as a separator before resolving `..` (nginx with
+//! a `proxy_pass` URI), another decodes repeatedly, a third resolves dot segments on the raw
+//! path first (the WHATWG URL parser in front of Hono), a fourth cuts `;` parameters or trims
+//! whitespace. Enumerating readings is how the last bypass happened: every list of readings
+//! misses a router that combines the steps in another order.
 //!
-//! A raw path is read in two ways, because the routers disagree about the order of
-//! percent-decoding and dot-segment resolution, and a single order misses paths that the other
-//! order routes to the endpoint:
+//! So the classification rests on an over-approximation that holds for every such router:
 //!
-//! * the **decoded reading** ([`normalize`]): percent-decode to a fixed point, then split on `/`
-//!   and `\`, trim, cut `;` parameters, lower-case and resolve `.`/`..` (what nginx-style
-//!   normalisers and the connect-route/Express generations amount to);
-//! * the **WHATWG reading** ([`normalize_whatwg`]): first resolve dot segments on the *raw*
-//!   segments as the WHATWG URL parser does (Rocket.Chat 7+ re-parses every request with
-//!   `new Request('http://localhost' + originalUrl)` before Hono decodes it), then apply the
-//!   decoded reading to what is left. For example `/api/v1/im.messages.others/..%20/..`
-//!   is the endpoint in this reading (`..%20` is an ordinary segment that the final `..`
-//!   removes) but not in the decoded one (`..%20` decodes and trims to `..`).
+//! * **Names** ([`guarded_names`]): whatever a router does, the last segment it routes on is a
+//!   contiguous piece of the path after some number of percent-decodings, bounded by a
+//!   separator, a `;`, whitespace or control characters, or an end of the path; and decoding
+//!   further never changes such a piece, because the names hold no `%` and their neighbours
+//!   are no hex digits. The widest view decodes to a fixed point, drops what some parser drops
+//!   (tab, CR, LF, zero-width and combining characters), folds case, full-width forms and
+//!   overlong UTF-8, and looks for the guarded names as whole words in it. A path in which no
+//!   guarded name occurs as a word cannot reach a guarded endpoint in any reading: it passes
+//!   through. This is the only test a pass-through path has to pass.
+//! * **Readings** ([`normalize`], [`normalize_whatwg`]): a path that holds a guarded name is
+//!   the endpoint when a canonical reading says so (the decoded reading: decode to a fixed point,
+//!   then split, trim, cut and resolve; the WHATWG reading: resolve dot segments on the raw
+//!   segments first). Otherwise it is [`Route::Ambiguous`] and refused with a 400, because
+//!   some router might still route it there: a pass-through path may be refused for
+//!   ambiguity, an endpoint path may never pass through.
 //!
-//! [`classify`] intercepts a path when either reading names an endpoint.
+//! `src/router_models.rs` holds independent models of the routers; the property tests and the
+//! fuzz target check that no path any of them routes to a guarded name passes through.
 
 use std::borrow::Cow;
 
-/// Which endpoint a request is for.
+/// Which road a request takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     /// Anything else: forwarded untouched.
@@ -33,6 +43,10 @@ pub enum Route {
     /// `im.list.everyone`, `dm.list.everyone`, `im.counters`, `dm.counters` (only when
     /// `policy.guard_related_endpoints` is true).
     Guarded(Guarded),
+    /// A path that names a guarded endpoint as a word but is that endpoint in no canonical
+    /// reading: some router might still route it there, so it is refused (400), never
+    /// forwarded.
+    Ambiguous,
 }
 
 /// The related endpoints that expose other people's direct messages.
@@ -56,6 +70,225 @@ const ENDPOINTS: [(&str, Route); 6] = [
     ("im.counters", Route::Guarded(Guarded::Counters)),
     ("dm.counters", Route::Guarded(Guarded::Counters)),
 ];
+
+/// Classifies a raw request path (without the query).
+///
+/// `path_prefix` is `""` or a validated prefix such as `"/chat"` (no trailing slash); the
+/// guarded related names count only when `guard_related` is true.
+///
+/// 1. No guarded name occurs as a word in the widest view of the path ([`guarded_names`]):
+///    [`Route::Passthrough`]. No router can route it to a guarded endpoint.
+/// 2. `im.`/`dm.messages.others` occurs: [`Route::DmHistory`] when the decoded or the WHATWG
+///    reading is `/api/v1/<name>` or `<prefix>/api/v1/<name>`, else [`Route::Ambiguous`].
+/// 3. Only related names occur: [`Route::Guarded`] when a reading names one of them and no
+///    other related name occurs (the request goes upstream as it came, so the upstream must
+///    not be able to read it as the other one), else [`Route::Ambiguous`].
+///
+/// Fast path: a path of printable ASCII with no `%` (and no tab, CR or LF) can only hold a
+/// name if it contains the name's last word (`others`, `everyone`, `counters`) in some letter
+/// case, since the widest view of such a path is the path itself, lower-cased.
+pub fn classify(raw_path: &str, path_prefix: &str, guard_related: bool) -> Route {
+    if !might_match(raw_path.as_bytes(), guard_related) {
+        return Route::Passthrough;
+    }
+    let named = guarded_names(raw_path, guard_related);
+    if named.is_empty() {
+        return Route::Passthrough;
+    }
+    let prefix = if path_prefix.is_empty() {
+        String::new()
+    } else {
+        let p = normalize(path_prefix);
+        if p == "/" {
+            String::new()
+        } else {
+            p
+        }
+    };
+    let mut read = Names::default();
+    read.add(match_endpoint(&normalize(raw_path), &prefix, guard_related));
+    read.add(match_endpoint(
+        &normalize_whatwg(raw_path),
+        &prefix,
+        guard_related,
+    ));
+    if read.dm_history {
+        Route::DmHistory
+    } else if named.dm_history {
+        Route::Ambiguous
+    } else {
+        match (read.list_everyone, read.counters) {
+            (true, false) if !named.counters => Route::Guarded(Guarded::ListEveryone),
+            (false, true) if !named.list_everyone => Route::Guarded(Guarded::Counters),
+            _ => Route::Ambiguous,
+        }
+    }
+}
+
+/// Which guarded endpoints a path names (as words of its widest view, or in a reading).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Names {
+    pub dm_history: bool,
+    pub list_everyone: bool,
+    pub counters: bool,
+}
+
+impl Names {
+    /// No guarded name at all.
+    pub fn is_empty(&self) -> bool {
+        !(self.dm_history || self.list_everyone || self.counters)
+    }
+
+    fn add(&mut self, route: Route) {
+        match route {
+            Route::DmHistory => self.dm_history = true,
+            Route::Guarded(Guarded::ListEveryone) => self.list_everyone = true,
+            Route::Guarded(Guarded::Counters) => self.counters = true,
+            Route::Passthrough | Route::Ambiguous => {}
+        }
+    }
+}
+
+/// The guarded names that occur as whole words in the widest view of `raw_path` (see the
+/// module comment): percent-decoded to a fixed point (`%uXXXX` too), overlong UTF-8 and
+/// full-width forms folded to ASCII, tab, CR, LF, zero-width, bidi-control and combining
+/// characters dropped, letter case folded. A word boundary is any character that is not an
+/// ASCII letter or digit, or an end. The related names count only when `guard_related` is
+/// true.
+pub fn guarded_names(raw_path: &str, guard_related: bool) -> Names {
+    let view = widest_view(raw_path);
+    let mut names = Names::default();
+    for (name, route) in ENDPOINTS {
+        if route != Route::DmHistory && !guard_related {
+            continue;
+        }
+        if contains_word(&view, name) {
+            names.add(route);
+        }
+    }
+    names
+}
+
+/// Whether `name` occurs in `view` with no ASCII letter or digit right before or after it.
+fn contains_word(view: &str, name: &str) -> bool {
+    let bytes = view.as_bytes();
+    view.match_indices(name).any(|(at, _)| {
+        let before = at.checked_sub(1).map(|i| bytes[i]);
+        let after = bytes.get(at + name.len()).copied();
+        !before.is_some_and(|b| b.is_ascii_alphanumeric())
+            && !after.is_some_and(|b| b.is_ascii_alphanumeric())
+    })
+}
+
+/// The widest view of a path (see [`guarded_names`]).
+fn widest_view(raw_path: &str) -> String {
+    let decoded = decode_fully(raw_path.as_bytes());
+    let text = utf8_folding_overlong(&decoded);
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        // IIS-style `%uXXXX`, which `decode_fully` leaves alone.
+        let c = if c == '%' && matches!(chars.peek(), Some('u' | 'U')) {
+            let rest: String = chars.clone().skip(1).take(4).collect();
+            match u32::from_str_radix(&rest, 16)
+                .ok()
+                .filter(|_| rest.len() == 4)
+            {
+                Some(cp) => {
+                    for _ in 0..5 {
+                        chars.next();
+                    }
+                    char::from_u32(cp).unwrap_or('\u{fffd}')
+                }
+                None => c,
+            }
+        } else {
+            c
+        };
+        push_folded(&mut out, c);
+    }
+    out
+}
+
+/// Appends `c` to the widest view: dropped when some parser drops it, folded to the ASCII
+/// letter or dot a lenient matcher may take it for, lower-cased otherwise.
+fn push_folded(out: &mut String, c: char) {
+    match c {
+        '\t'
+        | '\n'
+        | '\r'
+        | '\u{00ad}'
+        | '\u{034f}'
+        | '\u{0300}'..='\u{036f}'
+        | '\u{180e}'
+        | '\u{200b}'..='\u{200f}'
+        | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{2064}'
+        | '\u{feff}' => {}
+        '\u{ff01}'..='\u{ff5e}' => {
+            let ascii = char::from_u32(c as u32 - 0xfee0).unwrap_or(c);
+            out.push(ascii.to_ascii_lowercase());
+        }
+        '\u{3002}' | '\u{ff61}' => out.push('.'),
+        'ſ' => out.push('s'),
+        'ı' => out.push('i'),
+        c if c.is_ascii() => out.push(c.to_ascii_lowercase()),
+        c => out.extend(c.to_lowercase()),
+    }
+}
+
+/// Decodes bytes as UTF-8, taking overlong encodings of ASCII (`C0 AE` for `.`, which some
+/// old decoders accept) for the character they spell; other invalid bytes become U+FFFD.
+fn utf8_folding_overlong(b: &[u8]) -> Cow<'_, str> {
+    if let Ok(s) = std::str::from_utf8(b) {
+        return Cow::Borrowed(s);
+    }
+    let cont = |i: usize| b.get(i).is_some_and(|&x| x & 0xc0 == 0x80);
+    let mut out = String::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let lead = b[i];
+        let overlong = match lead {
+            0xc0 | 0xc1 if cont(i + 1) => {
+                Some((2, u32::from(lead & 0x1f) << 6 | u32::from(b[i + 1] & 0x3f)))
+            }
+            0xe0 if cont(i + 1) && b[i + 1] < 0xa0 && cont(i + 2) => Some((
+                3,
+                u32::from(b[i + 1] & 0x3f) << 6 | u32::from(b[i + 2] & 0x3f),
+            )),
+            0xf0 if cont(i + 1) && b[i + 1] < 0x90 && cont(i + 2) && cont(i + 3) => Some((
+                4,
+                u32::from(b[i + 1] & 0x3f) << 12
+                    | u32::from(b[i + 2] & 0x3f) << 6
+                    | u32::from(b[i + 3] & 0x3f),
+            )),
+            _ => None,
+        };
+        if let Some((len, cp)) = overlong {
+            out.push(char::from_u32(cp).unwrap_or('\u{fffd}'));
+            i += len;
+            continue;
+        }
+        let len = match lead {
+            0x00..=0x7f => 1,
+            0xc2..=0xdf => 2,
+            0xe0..=0xef => 3,
+            0xf0..=0xf4 => 4,
+            _ => 0,
+        };
+        match b.get(i..i + len).and_then(|s| std::str::from_utf8(s).ok()) {
+            Some(s) if len > 0 => {
+                out.push_str(s);
+                i += len;
+            }
+            _ => {
+                out.push('\u{fffd}');
+                i += 1;
+            }
+        }
+    }
+    Cow::Owned(out)
+}
 
 /// Normalises a request path (without the query) in the decoded reading.
 ///
@@ -92,44 +325,6 @@ pub fn normalize(raw_path: &str) -> String {
 /// result then goes through [`normalize`]. Idempotent, like [`normalize`].
 pub fn normalize_whatwg(raw_path: &str) -> String {
     normalize(&whatwg_resolve(raw_path))
-}
-
-/// Classifies a raw request path.
-///
-/// `path_prefix` is `""` or a validated prefix such as `"/chat"` (no trailing slash). A path
-/// whose decoded or WHATWG reading is `/api/v1/<name>` or `<prefix>/api/v1/<name>` is that
-/// endpoint; the guarded names count only when `guard_related` is true. When the readings
-/// disagree, `DmHistory` wins over `Guarded`, so the stricter handling applies.
-///
-/// Fast path: a path of printable ASCII with no `%` (and no tab, CR or LF) can only normalise
-/// to an endpoint if it contains the endpoint's last word (`others`, `everyone`, `counters`)
-/// in some letter case, because without escapes and non-ASCII characters both readings only
-/// remove characters at segment ends, remove whole segments, turn `\` into `/` and lower-case
-/// ASCII letters: the final segment is a substring of the raw path up to ASCII case.
-pub fn classify(raw_path: &str, path_prefix: &str, guard_related: bool) -> Route {
-    if !might_match(raw_path.as_bytes(), guard_related) {
-        return Route::Passthrough;
-    }
-    let prefix = if path_prefix.is_empty() {
-        String::new()
-    } else {
-        let p = normalize(path_prefix);
-        if p == "/" {
-            String::new()
-        } else {
-            p
-        }
-    };
-    let decoded = match_endpoint(&normalize(raw_path), &prefix, guard_related);
-    if decoded == Route::DmHistory {
-        return Route::DmHistory;
-    }
-    let whatwg = match_endpoint(&normalize_whatwg(raw_path), &prefix, guard_related);
-    if whatwg == Route::DmHistory || decoded == Route::Passthrough {
-        whatwg
-    } else {
-        decoded
-    }
 }
 
 /// The cheap, sound pre-check of [`classify`]: false means "cannot be an endpoint".
@@ -325,6 +520,7 @@ mod tests {
     const PASS: Route = Route::Passthrough;
     const LIST: Route = Route::Guarded(Guarded::ListEveryone);
     const COUNTERS: Route = Route::Guarded(Guarded::Counters);
+    const AMB: Route = Route::Ambiguous;
 
     /// (raw path, prefix, guard_related, expected)
     const TABLE: &[(&str, &str, bool, Route)] = &[
@@ -404,19 +600,38 @@ mod tests {
             false,
             DM,
         ),
+        // The hostile review's spellings (a router that decodes once, splits on the decoded
+        // `%2F`, then resolves `..` reaches the endpoint with them): refused.
+        ("/api/v1/%252e%252e%2f../im.messages.others", "", false, AMB),
+        ("/api/v1/;%2f../im.messages.others", "", false, AMB),
+        ("/api/v1/%20%2F%2e%2e/dm.messages.others", "", false, AMB),
+        ("/api/v1/%252e%252e%2f../im.list.everyone", "", true, AMB),
+        ("/api/v1/;%2f../dm.counters", "", true, AMB),
+        ("/api/v1/;%2f../dm.counters", "", false, PASS),
+        // Both related names: the upstream might read either, so neither set of checks fits.
+        ("/api/v1/im.counters/..%2fim.list.everyone", "", true, AMB),
+        // Names hidden by encodings some routers honour.
+        ("/api/v1/x/%c0%ae%c0%ae/im.messages.others", "", false, AMB),
+        ("/api/v1/x/%u002e%u002e/im.messages.others", "", false, AMB),
+        ("/api/v1/%uFF49m.messages.others", "", false, AMB),
+        ("/api/v1/i%E2%80%8Bm.messages.others", "", false, AMB),
+        ("/api/v1/im.messages.others%3Fx", "", false, AMB),
+        ("/file-upload/x/im.messages.others.png", "", false, AMB),
         // Near misses.
+        ("/file-upload/x/claim.messages.others.png", "", false, PASS),
+        ("/file-upload/x/dm.messages.othersx", "", true, PASS),
         ("/api/v1/im.list.everyone", "", false, PASS),
         ("/api/v1/im.counters", "", false, PASS),
         ("/api/v1/im.messages", "", false, PASS),
         ("/api/v1/im.messages.othersx", "", false, PASS),
         ("/api/v1/im.messages.other", "", false, PASS),
-        ("/api/v2/im.messages.others", "", false, PASS),
+        ("/api/v2/im.messages.others", "", false, AMB),
         ("/api/v1/channels.messages", "", false, PASS),
-        ("/api/v1/im.messages.others/x", "", false, PASS),
-        ("/api/v1/im.messages.others/..", "", false, PASS),
-        ("/api/im.messages.others", "", false, PASS),
-        ("/v1/im.messages.others", "", false, PASS),
-        ("/other/api/v1/im.messages.others", "/chat", false, PASS),
+        ("/api/v1/im.messages.others/x", "", false, AMB),
+        ("/api/v1/im.messages.others/..", "", false, AMB),
+        ("/api/im.messages.others", "", false, AMB),
+        ("/v1/im.messages.others", "", false, AMB),
+        ("/other/api/v1/im.messages.others", "/chat", false, AMB),
         ("/api/v1/im.messages.others", "", true, DM),
         ("/", "", true, PASS),
         ("", "", false, PASS),

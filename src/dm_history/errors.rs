@@ -161,6 +161,15 @@ impl ApiError {
         Self::failure("error-bad-request", reason)
     }
 
+    /// A path that names a guarded endpoint in some router's reading but is that endpoint in
+    /// none of the shim's canonical readings (400; `spec/shim.md` §1).
+    pub fn ambiguous_path() -> Self {
+        Self::failure(
+            "error-invalid-path",
+            "The request path is ambiguous: a router could read it as a protected endpoint; send the canonical path",
+        )
+    }
+
     /// A request head larger than `max_header_bytes` (431).
     pub fn header_too_large() -> Self {
         let mut e = Self::failure(

@@ -322,6 +322,11 @@ async fn handle(
                 RouteClass::Guarded,
                 dm_history::guard(&app, &gen, req, &ctx).await,
             ),
+            // Answered by the shim, never forwarded: counted with the intercepted requests.
+            Route::Ambiguous => (
+                RouteClass::Intercepted,
+                respond::error(&ApiError::ambiguous_path()),
+            ),
         }
     };
     resp.headers_mut()

@@ -21,6 +21,7 @@
 
 mod api;
 mod data;
+pub mod front_router;
 mod query;
 mod server;
 
@@ -194,6 +195,15 @@ impl Standin {
         } else {
             delays.insert(path.to_string(), delay);
         }
+    }
+
+    /// Puts a lenient front router (an nginx whose `proxy_pass` carries a URI) in front of the
+    /// stand-in: every path is decoded once, split on decoded `%2F`, dot-resolved and
+    /// re-escaped ([`front_router::rewrite`]) before it is routed and recorded.
+    pub fn set_front_router(&self, on: bool) {
+        self.shared
+            .front_router
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Stops accepting, closes every connection and waits for the accept loop to end.

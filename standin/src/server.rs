@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     pub log: Mutex<Vec<RecordedRequest>>,
     pub fault: Mutex<Fault>,
     pub delays: Mutex<HashMap<String, Duration>>,
+    /// Route by what a lenient front router would pass on (see [`crate::front_router`]).
+    pub front_router: std::sync::atomic::AtomicBool,
 }
 
 /// Locks a mutex, ignoring poisoning (a panicking test thread must not wedge the server).
@@ -64,6 +66,7 @@ impl Shared {
             log: Mutex::new(Vec::new()),
             fault: Mutex::new(Fault::None),
             delays: Mutex::new(HashMap::new()),
+            front_router: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -263,11 +266,18 @@ async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let (mut parts, body) = req.into_parts();
     let method = parts.method.clone();
-    let path = parts.uri.path().to_string();
-    let target = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| path.clone(), |pq| pq.as_str().to_string());
+    let target = parts.uri.path_and_query().map_or_else(
+        || parts.uri.path().to_string(),
+        |pq| pq.as_str().to_string(),
+    );
+    let path = if shared
+        .front_router
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        crate::front_router::rewrite(parts.uri.path())
+    } else {
+        parts.uri.path().to_string()
+    };
     let query = parts.uri.query().unwrap_or("").to_string();
     let headers: Vec<(String, String)> = parts
         .headers
