@@ -11,6 +11,10 @@
 //!   classification agrees with normalisation: a path classified as the endpoint normalises
 //!   to an endpoint name, and no path that normalises to an endpoint name is pass-through
 //!   (that would be a bypass of the shim's policy).
+//!   Every path any model router (`crate::router_models`) routes to a guarded name is the
+//!   endpoint's or refused as ambiguous, never pass-through.
+//! * [`fuzz_check_route_spellings`]: the same, on paths spelled from router-relevant atoms
+//!   (one input byte, one atom), which reach the guarded names far more often than raw bytes.
 //! * [`fuzz_check_params`]: the query parser and the canonicaliser never panic, and a
 //!   canonical query string parses back to the same canonical query (one logical query, one
 //!   spelling upstream and one cache key).
@@ -111,6 +115,79 @@ pub fn fuzz_check_route(data: &[u8]) {
             check_against_router_models(raw, prefix, guard, class);
         }
     }
+}
+
+/// The pieces [`fuzz_check_route_spellings`] builds paths from: separators, dot segments,
+/// encodings at one and two levels, `;` parameters, whitespace, case and the guarded names'
+/// words, so that random input is rich in the spellings routers disagree about.
+pub const SPELLING_ATOMS: [&str; 56] = [
+    "/",
+    "\\",
+    ".",
+    "..",
+    "%2e",
+    "%2E",
+    "%252e",
+    "%2f",
+    "%2F",
+    "%252f",
+    "%5c",
+    "%255c",
+    ";",
+    ";x=1",
+    " ",
+    "%20",
+    "%09",
+    "\t",
+    "%0a",
+    "%00",
+    "%e2%80%8b",
+    "api",
+    "API",
+    "v1",
+    "V1",
+    "chat",
+    "x",
+    "im.messages.others",
+    "dm.messages.others",
+    "im.list.everyone",
+    "dm.counters",
+    "im",
+    "dm",
+    "messages",
+    "others",
+    "counters",
+    "everyone",
+    "list",
+    "%69",
+    "%6d",
+    "%2569",
+    "%c0%ae",
+    "%c0%af",
+    "%u002e",
+    "\u{17f}",
+    "%3f",
+    "%23",
+    "%25",
+    "%2e%2e",
+    ".%2e",
+    "%25%32%65",
+    "/api/v1/",
+    "%2fapi%2fv1%2f",
+    "IM.Messages.Others",
+    "%3b",
+    "//",
+];
+
+/// Route checks on a path spelled from [`SPELLING_ATOMS`]: each input byte picks one atom.
+/// The same invariants as [`fuzz_check_route`], including the router models.
+pub fn fuzz_check_route_spellings(data: &[u8]) {
+    let path: String = data
+        .iter()
+        .take(64)
+        .map(|&b| SPELLING_ATOMS[b as usize % SPELLING_ATOMS.len()])
+        .collect();
+    fuzz_check_route(path.as_bytes());
 }
 
 /// The differential half of [`fuzz_check_route`]: no model router

@@ -45,6 +45,11 @@ fn route_corpus_keeps_the_invariants() {
 }
 
 #[test]
+fn route_spellings_corpus_keeps_the_invariants() {
+    replay("route_spellings", fuzzing::fuzz_check_route_spellings);
+}
+
+#[test]
 fn params_corpus_keeps_the_invariants() {
     replay("params", fuzzing::fuzz_check_params);
 }
