@@ -124,7 +124,7 @@ async fn no_generated_spelling_gets_around_the_shim_behind_a_lenient_router() {
         "im.counters",
         "dm.counters",
     ];
-    let mut rng = Rng(0x5eed_0f_b7_9a55);
+    let mut rng = Rng(0x5eed_0fb7_9a55);
     let mut paths: Vec<String> = REVIEWED.iter().map(|s| s.to_string()).collect();
     for i in 0..3000 {
         paths.push(spelling(&mut rng, names[i % names.len()]));
