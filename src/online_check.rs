@@ -318,11 +318,12 @@ async fn setting_line(config: &Config, upstream: &Upstream) -> String {
         _ => "disabled: only the boolean true enables it",
     };
     let json = value.to_string();
-    let value_s = if json.len() <= MAX_SHOWN && !json.bytes().any(|b| b.is_ascii_control()) {
-        json
-    } else {
-        quoted(&json)
-    };
+    let value_s =
+        if json.len() <= MAX_SHOWN && json.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+            json
+        } else {
+            quoted(&json)
+        };
     let then = match policy {
         DmHistoryEndpoint::Upstream => {
             "policy.dm_history_endpoint = \"upstream\" follows it".into()
@@ -444,6 +445,47 @@ mod tests {
         assert_eq!(r("2001:db8::1"), Reach::Public);
         assert!(address_line(Some("203.0.113.7:443".parse().expect("addr")))
             .starts_with("address: 203.0.113.7:443 is public: warning: "));
+    }
+
+    fn answer(status: u16, body: Result<Value, String>) -> Answer {
+        Answer {
+            status: StatusCode::from_u16(status).expect("status"),
+            body,
+            peer: None,
+        }
+    }
+
+    #[test]
+    fn version_lines_for_odd_answers() {
+        let line = |a: &Answer| version_line(a, "/chat/api/info", ErrorStyle::Modern);
+        assert_eq!(
+            line(&answer(404, Err("the answer is not JSON".into()))),
+            "version: unknown (the upstream answered 404 Not Found to /chat/api/info: is upstream.path_prefix right?); cannot tell whether policy.error_style = \"modern\" fits"
+        );
+        assert_eq!(
+            line(&answer(503, Ok(json!({})))),
+            "version: unknown (the upstream answered 503 Service Unavailable to /chat/api/info); cannot tell whether policy.error_style = \"modern\" fits"
+        );
+        assert_eq!(
+            line(&answer(200, Err("the answer is not JSON".into()))),
+            "version: unknown (the answer is not JSON); cannot tell whether policy.error_style = \"modern\" fits"
+        );
+        assert_eq!(
+            line(&answer(200, Ok(json!({"success": true})))),
+            "version: unknown (the answer names no version); cannot tell whether policy.error_style = \"modern\" fits"
+        );
+        assert_eq!(
+            line(&answer(200, Ok(json!({"info": {"version": "5.4.10"}})))),
+            "version: 5.4.10; policy.error_style = \"modern\" does not fit it: Rocket.Chat before 6 needs \"legacy\""
+        );
+        assert_eq!(
+            line(&answer(200, Ok(json!({"version": "6.0.0\u{202e}x"})))),
+            "version: \"6.0.0\\u{202e}x\"; policy.error_style = \"modern\" fits it (Rocket.Chat 6 and later)"
+        );
+        assert_eq!(
+            address_line(None),
+            "address: unknown (the connection did not report its peer)"
+        );
     }
 
     #[test]
