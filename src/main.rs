@@ -1,6 +1,8 @@
 //! The `rocketchat-shim` command: run the proxy, `check` a config, or run the `demo`.
 #![forbid(unsafe_code)]
 
+mod online_check;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -28,7 +30,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Parse and validate the config only; print `ok` or the errors.
-    Check,
+    Check {
+        /// Then ask the upstream's /api/info (and the endpoint's setting with the service
+        /// account) and say whether the config fits it; exit 1 when it cannot be reached.
+        #[arg(long)]
+        online: bool,
+    },
     /// Start a stand-in Rocket.Chat with seeded data and the shim in front of it, and print
     /// curl commands to try.
     Demo,
@@ -41,9 +48,12 @@ fn main() -> ExitCode {
         .clone()
         .unwrap_or_else(|| PathBuf::from("config.toml"));
     match cli.command {
-        Some(Command::Check) => match Config::load(&path) {
-            Ok(_) => {
+        Some(Command::Check { online }) => match Config::load(&path) {
+            Ok(config) => {
                 println!("ok");
+                if online {
+                    return online_check::main(&config);
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -15,7 +15,7 @@ use crate::query::{
     ApiFailure, PaginationSettings,
 };
 
-/// The version `/api/info` reports.
+/// The version `/api/info` reports unless [`crate::Standin::set_version`] changed it.
 pub const VERSION: &str = "6.13.0";
 
 /// An API answer: status, JSON body and extra headers.
@@ -181,7 +181,7 @@ pub(crate) fn handle(
     }
     let params = parse_qs(raw_query);
     match route {
-        Route::Info => ApiResponse::ok(json!({"version": VERSION, "success": true})),
+        Route::Info => ApiResponse::ok(json!({"version": state.version, "success": true})),
         Route::Login => login(state, headers, body),
         _ => {
             let Some(user) = authenticate(state, headers, &params) else {

@@ -236,6 +236,8 @@ pub(crate) struct State {
     pub settings: Map<String, Value>,
     pub permissions: Vec<Permission>,
     pub bearer: HashMap<String, String>,
+    /// What `/api/info` reports as `version` (settable, so a test can play an older server).
+    pub version: String,
 }
 
 /// Default permissions: `(id, roles)`.
@@ -287,6 +289,7 @@ impl State {
             settings,
             permissions,
             bearer: HashMap::from([(DEFAULT_BEARER_TOKEN.to_string(), "admin-id".to_string())]),
+            version: crate::api::VERSION.to_string(),
         };
         for room in seed.rooms {
             let messages = state.generate_messages(&room);

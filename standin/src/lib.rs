@@ -138,6 +138,11 @@ impl Standin {
         );
     }
 
+    /// Sets the version `/api/info` reports (e.g. `"5.4.2"` to play a server from before 6).
+    pub fn set_version(&self, version: &str) {
+        lock(&self.shared.state).version = version.to_string();
+    }
+
     /// Sets any setting to any JSON value (e.g. a string `"true"`, which Rocket.Chat treats as
     /// disabled).
     pub fn set_setting_value(&self, id: &str, value: serde_json::Value) {

@@ -1,5 +1,6 @@
-//! `rocketchat-standin [--listen 127.0.0.1:3000] [--dm-history-disabled]`: runs the stand-in
-//! Rocket.Chat server with the default seed until SIGTERM or Ctrl-C.
+//! `rocketchat-standin [--listen 127.0.0.1:3000] [--dm-history-disabled] [--rc-version V]`:
+//! runs the stand-in Rocket.Chat server with the default seed until SIGTERM or Ctrl-C
+//! (`--rc-version` sets what `/api/info` reports, e.g. `5.4.2` to play a server before 6).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -7,11 +8,20 @@ use std::process::ExitCode;
 
 use rocketchat_standin::{Seed, Standin};
 
-const USAGE: &str = "usage: rocketchat-standin [--listen ADDR] [--dm-history-disabled]";
+const USAGE: &str =
+    "usage: rocketchat-standin [--listen ADDR] [--dm-history-disabled] [--rc-version VERSION]";
 
-fn parse_args() -> Result<(SocketAddr, bool), String> {
+/// The command line: listen address, initial setting, `/api/info` version.
+struct Args {
+    listen: SocketAddr,
+    dm_history_enabled: bool,
+    version: Option<String>,
+}
+
+fn parse_args() -> Result<Args, String> {
     let mut listen = SocketAddr::from(([127, 0, 0, 1], 3000));
     let mut dm_history_enabled = true;
+    let mut version = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -28,11 +38,22 @@ fn parse_args() -> Result<(SocketAddr, bool), String> {
                     .map_err(|e| format!("bad --listen address {v:?}: {e}"))?;
             }
             "--dm-history-disabled" => dm_history_enabled = false,
+            "--rc-version" => {
+                let v = args.next().ok_or("--rc-version needs a version")?;
+                if v.trim().is_empty() {
+                    return Err("--rc-version needs a version".into());
+                }
+                version = Some(v);
+            }
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
-    Ok((listen, dm_history_enabled))
+    Ok(Args {
+        listen,
+        dm_history_enabled,
+        version,
+    })
 }
 
 /// Installs the SIGTERM and SIGINT handlers now (so a signal sent right after the
@@ -67,7 +88,11 @@ fn termination() -> impl std::future::Future<Output = ()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let (listen, dm_history_enabled) = match parse_args() {
+    let Args {
+        listen,
+        dm_history_enabled,
+        version,
+    } = match parse_args() {
         Ok(v) => v,
         Err(msg) => {
             eprintln!("{msg}");
@@ -85,6 +110,9 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(v) = version {
+        standin.set_version(&v);
+    }
     let signalled = termination();
     let mut out = std::io::stdout();
     let _ = writeln!(out, "rocketchat-standin listening on {}", standin.url());

@@ -262,6 +262,29 @@ async fn head_and_http2() {
 }
 
 #[tokio::test]
+async fn api_info_reports_the_version_it_is_given() {
+    let s = Standin::start().await.expect("start");
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let info = || async {
+        client
+            .get(format!("{}/api/info", s.url()))
+            .send()
+            .await
+            .expect("get")
+            .json::<Value>()
+            .await
+            .expect("json")
+    };
+    assert_eq!(info().await, json!({"version":"6.13.0","success":true}));
+    s.set_version("5.4.2");
+    assert_eq!(info().await, json!({"version":"5.4.2","success":true}));
+    s.shutdown().await;
+}
+
+#[tokio::test]
 async fn helpers_stream_and_echo() {
     let s = Standin::start().await.expect("start");
     let c = client();
