@@ -75,6 +75,7 @@ pub fn fuzz_check_route(data: &[u8]) {
         decoded.starts_with('/') && !decoded.contains("//"),
         "normalize({raw:?}) = {decoded:?} is not a clean absolute path"
     );
+    let routed = router_models::route_everywhere(raw);
     for prefix in PREFIXES {
         for guard in [false, true] {
             let class = route::classify(raw, prefix, guard);
@@ -112,7 +113,7 @@ pub fn fuzz_check_route(data: &[u8]) {
             if dm_name.is_some() {
                 assert_eq!(class, Route::DmHistory, "{raw:?} (prefix {prefix:?})");
             }
-            check_against_router_models(raw, prefix, guard, class);
+            check_against_router_models(raw, &routed, prefix, guard, class);
         }
     }
 }
@@ -193,8 +194,14 @@ pub fn fuzz_check_route_spellings(data: &[u8]) {
 /// The differential half of [`fuzz_check_route`]: no model router
 /// ([`crate::router_models`]) routes a path to a guarded name that the classification lets
 /// through, or sends to the other related endpoint's checks.
-pub fn check_against_router_models(raw: &str, prefix: &str, guard: bool, class: Route) {
-    let Some((router, name)) = router_models::reaches_guarded(raw, prefix, guard) else {
+pub fn check_against_router_models(
+    raw: &str,
+    routed: &[(router_models::Model, Vec<String>)],
+    prefix: &str,
+    guard: bool,
+    class: Route,
+) {
+    let Some((router, name)) = router_models::first_guarded(routed, prefix, guard) else {
         return;
     };
     let related = |n: &str| match n {
@@ -210,7 +217,7 @@ pub fn check_against_router_models(raw: &str, prefix: &str, guard: bool, class: 
     };
     assert!(
         fine,
-        "bypass: {router} routes {raw:?} (prefix {prefix:?}, guard {guard}) to {name}, but it is classified {class:?}"
+        "bypass: {router:?} routes {raw:?} (prefix {prefix:?}, guard {guard}) to {name}, but it is classified {class:?}"
     );
 }
 
