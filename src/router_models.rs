@@ -256,11 +256,15 @@ impl Router {
     }
 }
 
-/// A router in front of another: the front one's result, joined and re-escaped as nginx
-/// re-escapes (`%`, space, `#`, `?`, controls and non-ASCII bytes), is what the back one sees.
+/// A router in front of another: the front one's result, joined, is what the back one sees.
+/// With `reescape`, the front re-escapes as nginx does for a `proxy_pass` URI (`%`, space,
+/// `#`, `?`, controls and non-ASCII bytes); without, it forwards the decoded bytes as they are
+/// (nginx `proxy_pass http://up$uri;`), and the back end, a Node HTTP parser, ends the request
+/// target at the first space, CR or LF (the rest of the line becomes a header).
 #[derive(Debug, Clone, Copy)]
 pub struct Chain {
     pub front: Router,
+    pub reescape: bool,
     pub back: Router,
 }
 
@@ -270,6 +274,10 @@ impl Chain {
         let mut passed = String::new();
         for s in self.front.route(path) {
             passed.push('/');
+            if !self.reescape {
+                passed.push_str(&s);
+                continue;
+            }
             for &b in s.as_bytes() {
                 if b <= b' ' || b >= 0x7f || matches!(b, b'%' | b'#' | b'?') {
                     passed.push_str(&format!("%{b:02X}"));
@@ -278,11 +286,17 @@ impl Chain {
                 }
             }
         }
+        if !self.reescape {
+            if let Some(end) = passed.find([' ', '\r', '\n']) {
+                passed.truncate(end);
+            }
+        }
         self.back.route(&passed)
     }
 }
 
-/// nginx in front of each of Rocket.Chat's routers, and of the most lenient model.
+/// nginx in front of each of Rocket.Chat's routers and of the most lenient model, once
+/// re-escaping what it decoded and once forwarding it raw.
 pub fn chains() -> Vec<Chain> {
     let lenient = Router {
         strip_tab_cr_lf: true,
@@ -302,9 +316,12 @@ pub fn chains() -> Vec<Chain> {
         lenient,
     ]
     .into_iter()
-    .map(|back| Chain {
-        front: Router::nginx(),
-        back,
+    .flat_map(|back| {
+        [true, false].map(|reescape| Chain {
+            front: Router::nginx(),
+            reescape,
+            back,
+        })
     })
     .collect()
 }
@@ -539,6 +556,14 @@ mod tests {
             Some("im.counters")
         );
         assert!(reaches_guarded("/api/v1/im.counters", "", false).is_none());
+    }
+
+    #[test]
+    fn a_raw_line_break_ends_the_target_at_a_node_upstream() {
+        assert_eq!(
+            reaches("/api/v1/im.list.everyone%0Ax:1"),
+            Some("im.list.everyone")
+        );
     }
 
     #[test]
