@@ -288,6 +288,7 @@ async fn websocket_tunnels_hold_their_connection_slot() {
     let mut first = open.remove(0);
     first.close(None).await.expect("close");
     while let Some(Ok(_)) = first.next().await {}
+    drop(first);
     let (mut ws, _) = tokio::time::timeout(Duration::from_secs(10), fourth)
         .await
         .expect("the fourth websocket opens once a slot is free")
