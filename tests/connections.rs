@@ -100,8 +100,16 @@ async fn a_101_that_was_not_asked_for_is_a_502_and_nothing_follows_it() {
             "",
         ),
         ("key sent, 101 without an accept", ask_ws.clone(), ""),
-        ("key sent, wrong accept", ask_ws.clone(), "&accept=AAAAAAAAAAAAAAAAAAAAAAAAAAA%3D"),
-        ("websocket asked, 101 names another protocol", ask_ws.clone(), "&upgrade=h2c&accept=good"),
+        (
+            "key sent, wrong accept",
+            ask_ws.clone(),
+            "&accept=AAAAAAAAAAAAAAAAAAAAAAAAAAA%3D",
+        ),
+        (
+            "websocket asked, 101 names another protocol",
+            ask_ws.clone(),
+            "&upgrade=h2c&accept=good",
+        ),
         ("no upgrade asked at all", String::new(), "&accept=good"),
         (
             "Upgrade without Connection: upgrade",
@@ -117,13 +125,15 @@ async fn a_101_that_was_not_asked_for_is_a_502_and_nothing_follows_it() {
             "GET /_standin/status/101?x=1{query} HTTP/1.1\r\nHost: x\r\n{headers}\r\nGET /api/v1/im.messages.others?roomId[$ne]=x HTTP/1.1\r\nHost: x\r\n\r\n"
         );
         let answer = raw(p.shim.addr, bytes.as_bytes(), Duration::from_secs(5)).await;
-        assert!(
-            answer.starts_with("HTTP/1.1 502 "),
-            "{what}: {answer:?}"
-        );
+        assert!(answer.starts_with("HTTP/1.1 502 "), "{what}: {answer:?}");
         assert_eq!(raw_body(&answer), UNASKED_101, "{what}");
         assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{what}: {answer:?}");
-        let seen: Vec<String> = p.standin.requests().iter().map(|r| r.path.clone()).collect();
+        let seen: Vec<String> = p
+            .standin
+            .requests()
+            .iter()
+            .map(|r| r.path.clone())
+            .collect();
         assert_eq!(seen, vec!["/_standin/status/101".to_string()], "{what}");
     }
 
@@ -131,12 +141,19 @@ async fn a_101_that_was_not_asked_for_is_a_502_and_nothing_follows_it() {
     // non-websocket protocol named on both sides.
     for (what, headers, query) in [
         ("websocket, right accept", ask_ws.clone(), "&accept=good"),
-        ("foo asked, foo answered", "Connection: Upgrade\r\nUpgrade: foo\r\n".to_string(), "&upgrade=foo"),
+        (
+            "foo asked, foo answered",
+            "Connection: Upgrade\r\nUpgrade: foo\r\n".to_string(),
+            "&upgrade=foo",
+        ),
     ] {
         let mut s = TcpStream::connect(p.shim.addr).await.expect("connect");
-        s.write_all(format!("GET /_standin/status/101?x=1{query} HTTP/1.1\r\nHost: x\r\n{headers}\r\n").as_bytes())
-            .await
-            .expect("write");
+        s.write_all(
+            format!("GET /_standin/status/101?x=1{query} HTTP/1.1\r\nHost: x\r\n{headers}\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("write");
         let head = read_response(&mut s).await.expect("an answer");
         assert!(head.starts_with("HTTP/1.1 101 "), "{what}: {head:?}");
     }
@@ -157,10 +174,15 @@ async fn silent_connections_do_not_hold_the_slots() {
     .await;
     let mut holders = Vec::new();
     for _ in 0..2 {
-        holders.push(("silent", TcpStream::connect(p.shim.addr).await.expect("connect")));
+        holders.push((
+            "silent",
+            TcpStream::connect(p.shim.addr).await.expect("connect"),
+        ));
     }
     let mut s = TcpStream::connect(p.shim.addr).await.expect("connect");
-    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.expect("write");
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .expect("write");
     holders.push(("h2 preface only", s));
     // Blank lines keep coming, every 100 ms for up to 20 s, from two more.
     let mut blanks = Vec::new();
@@ -192,7 +214,10 @@ async fn silent_connections_do_not_hold_the_slots() {
     assert_eq!(r.status(), 200);
     eprintln!("sixth client served after {:?}", started.elapsed());
     for (what, mut s) in holders {
-        assert!(closed_within(&mut s, Duration::from_secs(10)).await, "{what} not closed");
+        assert!(
+            closed_within(&mut s, Duration::from_secs(10)).await,
+            "{what} not closed"
+        );
     }
     for b in blanks {
         assert!(b.await.expect("task"), "blank-line connection not closed");
@@ -205,7 +230,9 @@ async fn silent_connections_do_not_hold_the_slots() {
 async fn keep_alive_connection_silent_after_an_answer_is_closed() {
     let p = start(|c| c.server.header_read_timeout = Duration::from_secs(1)).await;
     let mut s = TcpStream::connect(p.shim.addr).await.expect("connect");
-    s.write_all(b"GET /_standin/echo HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    s.write_all(b"GET /_standin/echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
     let answer = read_response(&mut s).await.expect("an answer");
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     let after = Instant::now();
@@ -252,7 +279,10 @@ async fn h2_connection_with_only_pings_is_closed_after_idle_timeout() {
         .expect("task");
     let idle = closed_at - idle_from;
     eprintln!("h2 connection closed after {idle:?} without a stream");
-    assert!(idle >= Duration::from_millis(900), "closed too early: {idle:?}");
+    assert!(
+        idle >= Duration::from_millis(900),
+        "closed too early: {idle:?}"
+    );
     pinger.abort();
     drop(send);
 }
@@ -271,7 +301,9 @@ async fn websocket_tunnels_hold_their_connection_slot() {
         let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
             .await
             .expect("websocket");
-        ws.send(Message::text(format!("hello {i}"))).await.expect("send");
+        ws.send(Message::text(format!("hello {i}")))
+            .await
+            .expect("send");
         let echo = ws.next().await.expect("echo").expect("echo");
         assert_eq!(echo, Message::text(format!("hello {i}")));
         open.push(ws);
@@ -279,9 +311,12 @@ async fn websocket_tunnels_hold_their_connection_slot() {
     assert_eq!(metric(&p, "rcshim_open_tunnels").await, 3);
     assert_eq!(metric(&p, "rcshim_open_connections").await, 3);
     let u = url.clone();
-    let mut fourth = tokio::spawn(async move { tokio_tungstenite::connect_async(u.as_str()).await });
+    let mut fourth =
+        tokio::spawn(async move { tokio_tungstenite::connect_async(u.as_str()).await });
     assert!(
-        tokio::time::timeout(Duration::from_secs(1), &mut fourth).await.is_err(),
+        tokio::time::timeout(Duration::from_secs(1), &mut fourth)
+            .await
+            .is_err(),
         "a fourth websocket opened while three held every slot"
     );
     assert_eq!(p.standin.count_path("/websocket"), 3);
@@ -295,7 +330,10 @@ async fn websocket_tunnels_hold_their_connection_slot() {
         .expect("task")
         .expect("websocket");
     ws.send(Message::text("fourth")).await.expect("send");
-    assert_eq!(ws.next().await.expect("echo").expect("echo"), Message::text("fourth"));
+    assert_eq!(
+        ws.next().await.expect("echo").expect("echo"),
+        Message::text("fourth")
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -308,9 +346,11 @@ async fn websocket_tunnels_hold_their_connection_slot() {
 async fn smuggling_guard_stays_on_after_an_upgrade_that_did_not_happen() {
     let p = start(|_| {}).await;
     let mut s = TcpStream::connect(p.shim.addr).await.expect("connect");
-    s.write_all(b"GET /_standin/echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\n")
-        .await
-        .expect("write");
+    s.write_all(
+        b"GET /_standin/echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\n",
+    )
+    .await
+    .expect("write");
     let first = read_response(&mut s).await.expect("first answer");
     assert!(first.starts_with("HTTP/1.1 200 "), "{first}");
     s.write_all(b"POST /_standin/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
@@ -319,7 +359,12 @@ async fn smuggling_guard_stays_on_after_an_upgrade_that_did_not_happen() {
     let second = read_response(&mut s).await.expect("second answer");
     assert!(second.starts_with("HTTP/1.1 400 "), "{second}");
     assert_eq!(raw_body(&second), CL_TE);
-    let methods: Vec<String> = p.standin.requests().iter().map(|r| r.method.clone()).collect();
+    let methods: Vec<String> = p
+        .standin
+        .requests()
+        .iter()
+        .map(|r| r.method.clone())
+        .collect();
     assert_eq!(methods, vec!["GET".to_string()]);
 }
 
@@ -328,12 +373,16 @@ async fn smuggling_guard_stays_on_after_an_upgrade_that_did_not_happen() {
 // descriptor limit can be set from outside).
 
 /// Starts the binary under `sh -c "ulimit ...; exec ..."` and waits for its listening line.
+/// The caller owns the child and stops it ([`stop`]).
+#[allow(clippy::zombie_processes)]
 fn spawn_limited(config: &std::path::Path, ulimit: &str) -> proc::Proc {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let mut child = Command::new("sh")
         .arg("-c")
-        .arg(format!("ulimit {ulimit} && exec \"$0\" --config \"$1\" --workers 1"))
+        .arg(format!(
+            "ulimit {ulimit} && exec \"$0\" --config \"$1\" --workers 1"
+        ))
         .arg(proc::BIN)
         .arg(config)
         .env("RUST_LOG", "info")
@@ -450,14 +499,14 @@ async fn accept_out_of_descriptors_backs_off_and_logs_once_per_burst() {
     const SILENT: usize = 150;
     let standin = Standin::start().await.expect("standin");
     let dir = proc::tempdir("conn-emfile");
-    let config = proc::write_config(
-        &dir,
-        &standin.url(),
-        "",
-    );
+    let config = proc::write_config(&dir, &standin.url(), "");
     // header_read_timeout: 2 s.
     let text = std::fs::read_to_string(&config).expect("config");
-    std::fs::write(&config, text.replace("[server]\n", "[server]\nheader_read_timeout = \"2s\"\n")).expect("config");
+    std::fs::write(
+        &config,
+        text.replace("[server]\n", "[server]\nheader_read_timeout = \"2s\"\n"),
+    )
+    .expect("config");
     let p = spawn_limited(&config, "-n 100");
     let addr: SocketAddr = p.addr.parse().expect("addr");
     let mut silent = Vec::new();

@@ -60,7 +60,8 @@ pub fn switch_allowed(asked: &HeaderValue, key: Option<&HeaderValue>, answer: &H
     let mut accepts = answer.get_all(header::SEC_WEBSOCKET_ACCEPT).iter();
     match (accepts.next(), accepts.next()) {
         (Some(accept), None) => {
-            accept.as_bytes().trim_ascii() == websocket_accept(key.as_bytes().trim_ascii()).as_bytes()
+            accept.as_bytes().trim_ascii()
+                == websocket_accept(key.as_bytes().trim_ascii()).as_bytes()
         }
         _ => false,
     }
@@ -135,8 +136,16 @@ mod tests {
             &answer(&[("upgrade", "WebSocket"), good])
         ));
         // No key asked, no accept, a wrong accept, two accepts, another protocol, none named.
-        assert!(!switch_allowed(&ws, None, &answer(&[("upgrade", "websocket"), good])));
-        assert!(!switch_allowed(&ws, Some(&key), &answer(&[("upgrade", "websocket")])));
+        assert!(!switch_allowed(
+            &ws,
+            None,
+            &answer(&[("upgrade", "websocket"), good])
+        ));
+        assert!(!switch_allowed(
+            &ws,
+            Some(&key),
+            &answer(&[("upgrade", "websocket")])
+        ));
         assert!(!switch_allowed(
             &ws,
             Some(&key),
@@ -147,12 +156,20 @@ mod tests {
             Some(&key),
             &answer(&[("upgrade", "websocket"), good, good])
         ));
-        assert!(!switch_allowed(&ws, Some(&key), &answer(&[("upgrade", "h2c"), good])));
+        assert!(!switch_allowed(
+            &ws,
+            Some(&key),
+            &answer(&[("upgrade", "h2c"), good])
+        ));
         assert!(!switch_allowed(&ws, Some(&key), &answer(&[good])));
         // Other protocols: named on both sides is enough.
         let foo = HeaderValue::from_static("foo/2, bar");
         assert!(switch_allowed(&foo, None, &answer(&[("upgrade", "bar")])));
         assert!(!switch_allowed(&foo, None, &answer(&[("upgrade", "foo")])));
-        assert!(!switch_allowed(&foo, None, &answer(&[("upgrade", "bar, foo/2")])));
+        assert!(!switch_allowed(
+            &foo,
+            None,
+            &answer(&[("upgrade", "bar, foo/2")])
+        ));
     }
 }

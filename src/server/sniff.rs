@@ -92,8 +92,7 @@ impl H2Start {
                 return false;
             }
             let h = &self.header;
-            self.payload_left =
-                Some(u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize);
+            self.payload_left = Some(u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize);
         }
         let left = self.payload_left.unwrap_or(0);
         let left = left - left.min(data.len());
