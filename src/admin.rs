@@ -1,5 +1,10 @@
 //! The admin listener: `/livez`, `/readyz`, `/metrics`, on its own address so that probes and
 //! scrapes never mix with client traffic.
+//!
+//! It can never starve the client port: at most [`ADMIN_MAX_CONNECTIONS`] connections at once
+//! (the rest wait in the kernel backlog, holding no descriptor of the process), each bound by
+//! the same head timeout as client connections (and `idle_timeout` for HTTP/2), and failing
+//! accepts back off as on the client port.
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -11,38 +16,71 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::body::ProxyBody;
+use crate::server::clock::{AcceptBackoff, Tracked};
+use crate::server::drive;
+use crate::server::sniff::{ConnFlags, Sniffer};
 use crate::state::AppState;
 
 /// `/readyz` wants an upstream answer at least this recent (or a successful probe).
 const UPSTREAM_FRESH: Duration = Duration::from_secs(30);
 
+/// Admin connections served at once. Probes and a scraper or two need a handful; the cap keeps
+/// a flood of slow admin connections from taking the process's file descriptors.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+
 /// Serves the admin endpoints for the life of the process (it stays up while draining so that
 /// `/readyz` can say 503).
 pub async fn serve(listener: TcpListener, app: Arc<AppState>) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let config = app.generation().config.clone();
+    let (head_timeout, idle_timeout) = (
+        config.server.header_read_timeout,
+        config.server.idle_timeout,
+    );
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(head_timeout);
+    let limit = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
+    // The admin listener outlives a drain: nothing cancels this.
+    let never = CancellationToken::new();
+    let mut backoff = AcceptBackoff::new("admin");
     loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tokio::time::sleep(backoff.failed(&e, &app.metrics)).await;
                 continue;
             }
         };
+        backoff.succeeded();
+        let flags = Arc::new(ConnFlags::new(head_timeout, idle_timeout));
+        let svc_flags = flags.clone();
         let app = app.clone();
         let svc = service_fn(move |req| {
+            let in_flight = svc_flags.clock.request_started();
             let app = app.clone();
-            async move { Ok::<_, Infallible>(answer(&app, req).await) }
+            async move {
+                let resp = answer(&app, req).await;
+                Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
+            }
         });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
-            .into_owned();
+        let io = TokioIo::new(Sniffer::new(stream, flags.clone()));
+        let conn = builder.serve_connection(io, svc).into_owned();
+        let never = never.clone();
         tokio::spawn(async move {
-            let _ = conn.await;
+            drive(conn, &flags, &never, peer).await;
+            drop(permit);
         });
     }
 }

@@ -33,6 +33,10 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     #[serde(deserialize_with = "de_duration")]
     pub header_read_timeout: Duration,
+    /// An HTTP/2 client connection with no open stream is closed after this (PINGs, SETTINGS
+    /// and WINDOW_UPDATE are not activity). Never applied to tunnels.
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
     #[serde(deserialize_with = "de_size")]
     pub max_header_bytes: u64,
     pub max_connections: u64,
@@ -47,6 +51,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             max_header_bytes: 65536,
             max_connections: 10000,
             trusted_proxies: Vec::new(),
@@ -434,6 +439,7 @@ impl Config {
                 "server.header_read_timeout",
                 self.server.header_read_timeout,
             ),
+            ("server.idle_timeout", self.server.idle_timeout),
             ("server.shutdown_grace", self.server.shutdown_grace),
             ("upstream.connect_timeout", self.upstream.connect_timeout),
             ("upstream.response_timeout", self.upstream.response_timeout),

@@ -113,6 +113,8 @@ struct Inner {
     upstream_errors: [AtomicU64; UPSTREAM_ERROR_KINDS.len()],
     open_connections: AtomicI64,
     open_tunnels: AtomicI64,
+    /// Failed `accept` calls on either listener (out of descriptors, mostly).
+    accept_errors: AtomicU64,
     redis_latency: Histogram,
     counters: Counters,
     /// Gauges read at render time from their owners (cache size, rate-limit keys, ...).
@@ -152,6 +154,7 @@ impl Metrics {
             upstream_errors: std::array::from_fn(|_| AtomicU64::new(0)),
             open_connections: AtomicI64::new(0),
             open_tunnels: AtomicI64::new(0),
+            accept_errors: AtomicU64::new(0),
             redis_latency: Histogram::new(),
             counters: Counters::default(),
             gauges: std::sync::Mutex::new(Vec::new()),
@@ -205,6 +208,11 @@ impl Metrics {
     pub fn tunnel_opened(&self) -> GaugeGuard {
         self.0.open_tunnels.fetch_add(1, Ordering::Relaxed);
         GaugeGuard(self.clone(), |i| &i.open_tunnels)
+    }
+
+    /// Counts a failed `accept`.
+    pub fn accept_failed(&self) {
+        self.0.accept_errors.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Open tunnels right now.
@@ -286,7 +294,7 @@ impl Metrics {
         gauge(
             &mut out,
             "rcshim_open_connections",
-            "Client connections open now.",
+            "Client connections open now (each holds a max_connections slot; websocket tunnels included).",
             i.open_connections.load(Ordering::Relaxed),
         );
         gauge(
@@ -294,6 +302,11 @@ impl Metrics {
             "rcshim_open_tunnels",
             "Upgrade tunnels (websockets) open now.",
             i.open_tunnels.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP rcshim_accept_errors_total Failed accepts on either listener (out of file descriptors, mostly).\n# TYPE rcshim_accept_errors_total counter\nrcshim_accept_errors_total {}",
+            i.accept_errors.load(Ordering::Relaxed)
         );
         let c = &i.counters;
         let counters: [(&str, &str, &AtomicU64); 22] = [

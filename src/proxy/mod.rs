@@ -6,6 +6,8 @@ pub mod client;
 pub mod headers;
 pub mod upgrade;
 
+use std::sync::Arc;
+
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -13,6 +15,7 @@ use hyper::body::Incoming;
 use crate::body::ProxyBody;
 use crate::dm_history::errors::ApiError;
 use crate::respond;
+use crate::server::clock::ConnSlot;
 use crate::state::{AppState, RequestCtx};
 
 pub use client::{Upstream, UpstreamError};
@@ -32,6 +35,12 @@ pub async fn forward(
     };
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    // The connection's slot, for a tunnel to hold; and the key a websocket answer must prove.
+    let slot = parts.extensions.remove::<Arc<ConnSlot>>();
+    let ws_key = upgrade
+        .as_ref()
+        .and_then(|_| parts.headers.get(header::SEC_WEBSOCKET_KEY).cloned());
+    let client_version = parts.version;
 
     let path_and_query = parts
         .uri
@@ -97,7 +106,21 @@ pub async fn forward(
     };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
+        let asked = match (&upgrade, client_upgrade) {
+            (Some(asked), Some(client_upgrade))
+                if upgrade::switch_allowed(asked, ws_key.as_ref(), resp.headers()) =>
+            {
+                Some(client_upgrade)
+            }
+            _ => None,
+        };
+        let Some(client_upgrade) = asked else {
+            // Dropping the answer drops the upstream connection with it; the client's is
+            // closed after the 502, so nothing it sent after this request goes anywhere.
+            drop(resp);
+            return unasked_switch(app, ctx, client_version);
+        };
+        {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let (mut parts, _) = resp.into_parts();
             let proto = parts.headers.get(header::UPGRADE).cloned();
@@ -111,7 +134,7 @@ pub async fn forward(
             parts
                 .headers
                 .insert(&headers::X_REQUEST_ID, ctx.request_id.clone());
-            upgrade::spawn_tunnel(app, client_upgrade, upstream_upgrade, ctx);
+            upgrade::spawn_tunnel(app, client_upgrade, upstream_upgrade, ctx, slot);
             return Response::from_parts(parts, ProxyBody::empty());
         }
     }
@@ -123,6 +146,25 @@ pub async fn forward(
         .insert(&headers::X_REQUEST_ID, ctx.request_id.clone());
     let body = ProxyBody::from_upstream(body, app.metrics.clone(), ctx.request_id.clone());
     Response::from_parts(parts, body)
+}
+
+/// The 502 for a `101` the request did not ask for (or whose websocket accept is wrong), with
+/// `Connection: close` on HTTP/1.x so that nothing else is read from that client connection.
+fn unasked_switch(app: &AppState, ctx: &RequestCtx, version: Version) -> Response<ProxyBody> {
+    app.metrics.upstream_error("protocol");
+    tracing::warn!(
+        request_id = ?ctx.request_id,
+        "the upstream answered 101 to a switch the request did not ask for; refused"
+    );
+    let mut resp = respond::error(&ApiError::bad_gateway(
+        "The upstream switched protocols in a way the request did not ask for",
+    ));
+    let h = resp.headers_mut();
+    h.insert(&headers::X_REQUEST_ID, ctx.request_id.clone());
+    if version < Version::HTTP_2 {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// The 502/504 answer for an upstream failure, logged and counted.

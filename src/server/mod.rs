@@ -2,6 +2,7 @@
 //! HTTP/2 cleartext with upgrades, enforce the head limits, route each request down one of
 //! the three roads, log and count it; drain gracefully; swap configurations on reload.
 
+pub mod clock;
 pub mod sniff;
 
 use std::convert::Infallible;
@@ -18,7 +19,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +34,7 @@ use crate::proxy::{self, headers, Upstream};
 use crate::respond;
 use crate::route::{self, Route};
 use crate::state::{AppState, Generation, LogFacts, RequestCtx};
+use clock::{AcceptBackoff, ConnSlot, Tracked};
 use sniff::{ConnFlags, Sniffer};
 
 /// Why the shim could not start.
@@ -112,6 +114,7 @@ fn reload(app: &AppState, config: Config) -> Result<(), String> {
 
 /// Binds the listeners and starts serving in the background.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    raise_nofile_limit();
     let metrics = Metrics::new();
     let listen = config.server.listen;
     let admin_listen = config.admin.listen;
@@ -179,16 +182,69 @@ fn builder(config: &Config) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit, so that the configured caps, not a low
+/// default soft limit, decide how many connections the process can hold.
+fn raise_nofile_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
+    }
+}
+
+/// Serves one accepted connection until it ends: on `shutdown`, a graceful shutdown; when its
+/// clock expires (no head in time, or an idle HTTP/2 connection), it is closed: HTTP/2 with
+/// a GOAWAY first (bounded to one second), HTTP/1.x at once (there is no request to finish).
+pub(crate) async fn drive<C>(
+    conn: C,
+    flags: &ConnFlags,
+    shutdown: &CancellationToken,
+    peer: SocketAddr,
+) where
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
+{
+    let mut conn = std::pin::pin!(conn);
+    let mut shutting_down = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                }
+                return;
+            }
+            _ = shutdown.cancelled(), if !shutting_down => {
+                shutting_down = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = flags.clock.expired() => {
+                let h2 = flags.clock.is_h2();
+                tracing::debug!(%peer, h2, "client connection closed: no request head in time, or idle");
+                if h2 {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), conn.as_mut()).await;
+                }
+                return;
+            }
+        }
+    }
+}
+
 async fn serve(listener: TcpListener, app: Arc<AppState>, shutdown: CancellationToken) {
     let config = app.generation().config.clone();
     let builder = builder(&config);
+    let (head_timeout, idle_timeout) = (
+        config.server.header_read_timeout,
+        config.server.idle_timeout,
+    );
     let limit = Arc::new(Semaphore::new(
         config
             .server
             .max_connections
             .min(Semaphore::MAX_PERMITS as u64) as usize,
     ));
-    let graceful = GracefulShutdown::new();
+    let conns = tokio_util::task::TaskTracker::new();
+    let mut backoff = AcceptBackoff::new("client");
     loop {
         // Take a slot before accepting: past the cap, connections wait in the kernel backlog.
         let permit = tokio::select! {
@@ -199,40 +255,53 @@ async fn serve(listener: TcpListener, app: Arc<AppState>, shutdown: Cancellation
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    // EMFILE and friends: back off briefly rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // EMFILE and friends: back off rather than spin (logged once a burst).
+                    let wait = backoff.failed(&e, &app.metrics);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
                     continue;
                 }
             },
             _ = shutdown.cancelled() => break,
         };
+        backoff.succeeded();
         let _ = stream.set_nodelay(true);
-        let flags = Arc::new(ConnFlags::default());
+        // The slot lives as long as the connection task or a tunnel born from it.
+        let slot = ConnSlot::new(permit, &app.metrics);
+        let flags = Arc::new(ConnFlags::new(head_timeout, idle_timeout));
         let io = TokioIo::new(Sniffer::new(stream, flags.clone()));
         let conn_app = app.clone();
-        let svc = service_fn(move |req| {
+        let svc_flags = flags.clone();
+        let svc_slot = slot.clone();
+        let svc = service_fn(move |mut req: Request<Incoming>| {
+            // The head is here: the connection is busy until the response body is dropped.
+            let in_flight = svc_flags.clock.request_started();
+            if req.headers().contains_key(header::UPGRADE) {
+                req.extensions_mut().insert(svc_slot.clone());
+            }
             let app = conn_app.clone();
-            let flags = flags.clone();
-            async move { Ok::<_, Infallible>(handle(app, peer, flags, req).await) }
+            let flags = svc_flags.clone();
+            async move {
+                let resp = handle(app, peer, flags, req).await;
+                Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
+            }
         });
         let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
-        let conn = graceful.watch(conn);
-        let metrics = app.metrics.clone();
-        tokio::spawn(async move {
-            let _open = metrics.connection_opened();
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "client connection ended with an error");
-            }
-            drop(permit);
+        let shutdown = shutdown.clone();
+        conns.spawn(async move {
+            drive(conn, &flags, &shutdown, peer).await;
+            drop(slot);
         });
     }
     drop(listener);
     let grace = app.generation().config.server.shutdown_grace;
     tracing::info!(?grace, "draining");
+    conns.close();
     app.tunnels.close();
     let drained = tokio::time::timeout(grace, async {
-        graceful.shutdown().await;
+        conns.wait().await;
         app.tunnels.wait().await;
     })
     .await;
@@ -307,12 +376,17 @@ async fn handle(
                 let class = if req.version() == Version::HTTP_11
                     && headers::upgrade_protocol(req.headers()).is_some()
                 {
-                    flags.off.store(true, Ordering::Relaxed);
                     RouteClass::Websocket
                 } else {
                     RouteClass::Passthrough
                 };
-                (class, proxy::forward(&app, &gen.upstream, req, &ctx).await)
+                let resp = proxy::forward(&app, &gen.upstream, req, &ctx).await;
+                // Only a 101 that opened a tunnel (forward refuses any other) switches the
+                // smuggling guard off: the bytes that follow are the tunnel's, not requests.
+                if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    flags.off.store(true, Ordering::Relaxed);
+                }
+                (class, resp)
             }
             Route::DmHistory => (
                 RouteClass::Intercepted,

@@ -7,7 +7,11 @@
 //! connection after such a request anyway.
 //!
 //! It looks only at the first bytes of each line (memchr for the line ends), stops looking
-//! for HTTP/2 connections, and is switched off once a connection is upgraded to a tunnel.
+//! for HTTP/2 connections, and is switched off only once a `101` has really switched
+//! protocols (a request that merely asked for an upgrade leaves it on).
+//!
+//! For HTTP/2 connections it follows the preface and the first SETTINGS frame instead, and
+//! tells the connection's clock ([`ConnClock`]) when they are complete.
 
 use std::io;
 use std::pin::Pin;
@@ -15,15 +19,90 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use std::time::Duration;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::clock::ConnClock;
 
 /// Per-connection flags shared between the stream wrapper and the request handler.
 #[derive(Debug, Default)]
 pub struct ConnFlags {
     /// A request head on this connection had both `Content-Length` and `Transfer-Encoding`.
     pub cl_te_conflict: AtomicBool,
-    /// Stop observing (upgraded, or HTTP/2).
+    /// Stop observing (a `101` switched protocols, or HTTP/2).
     pub off: AtomicBool,
+    /// The connection's time bounds.
+    pub clock: Arc<ConnClock>,
+}
+
+impl ConnFlags {
+    /// Flags for a connection accepted now, with its head and idle bounds.
+    pub fn new(head_timeout: Duration, idle_timeout: Duration) -> Self {
+        ConnFlags {
+            clock: Arc::new(ConnClock::new(head_timeout, idle_timeout)),
+            ..ConnFlags::default()
+        }
+    }
+}
+
+/// The HTTP/2 client preface (RFC 9113 section 3.4).
+const H2_PREFACE_LEN: usize = 24;
+/// A frame header.
+const H2_FRAME_HEADER: usize = 9;
+const H2_SETTINGS: u8 = 0x4;
+
+/// Follows an HTTP/2 connection's first bytes up to the end of its first SETTINGS frame.
+#[derive(Debug, Default)]
+struct H2Start {
+    /// Bytes of the preface and frame header seen.
+    pos: usize,
+    header: [u8; H2_FRAME_HEADER],
+    /// Payload bytes of the SETTINGS frame still to come, once its header is complete.
+    payload_left: Option<usize>,
+    done: bool,
+}
+
+impl H2Start {
+    /// Feeds bytes read; true exactly once, when the first SETTINGS frame is complete.
+    fn observe(&mut self, mut data: &[u8]) -> bool {
+        if self.done {
+            return false;
+        }
+        if self.pos < H2_PREFACE_LEN {
+            let take = (H2_PREFACE_LEN - self.pos).min(data.len());
+            self.pos += take;
+            data = &data[take..];
+        }
+        while self.pos >= H2_PREFACE_LEN && self.pos < H2_PREFACE_LEN + H2_FRAME_HEADER {
+            let Some((&b, rest)) = data.split_first() else {
+                return false;
+            };
+            self.header[self.pos - H2_PREFACE_LEN] = b;
+            self.pos += 1;
+            data = rest;
+        }
+        if self.pos < H2_PREFACE_LEN + H2_FRAME_HEADER {
+            return false;
+        }
+        if self.payload_left.is_none() {
+            if self.header[3] != H2_SETTINGS {
+                // Not a valid start; hyper refuses it, and the head bound closes it anyway.
+                self.done = true;
+                return false;
+            }
+            let h = &self.header;
+            self.payload_left = Some(u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize);
+        }
+        let left = self.payload_left.unwrap_or(0);
+        let left = left - left.min(data.len());
+        self.payload_left = Some(left);
+        if left == 0 {
+            self.done = true;
+            return true;
+        }
+        false
+    }
 }
 
 const PREFIX: usize = 20;
@@ -92,6 +171,8 @@ pin_project_lite::pin_project! {
         flags: Arc<ConnFlags>,
         scan: HeadScan,
         first: bool,
+        // Some once the connection turned out to be HTTP/2.
+        h2: Option<H2Start>,
     }
 }
 
@@ -103,6 +184,7 @@ impl<T> Sniffer<T> {
             flags,
             scan: HeadScan::default(),
             first: true,
+            h2: None,
         }
     }
 }
@@ -121,14 +203,25 @@ impl<T: AsyncRead> AsyncRead for Sniffer<T> {
         let before = buf.filled().len();
         let res = this.inner.poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = res {
+            let new = &buf.filled()[before..];
+            if let Some(h2) = this.h2 {
+                if h2.observe(new) {
+                    this.flags.clock.h2_ready();
+                }
+                return res;
+            }
             if this.flags.off.load(Ordering::Relaxed) {
                 return res;
             }
-            let new = &buf.filled()[before..];
             if *this.first && !new.is_empty() {
                 *this.first = false;
                 if new.starts_with(b"PRI * HTTP/2") {
                     this.flags.off.store(true, Ordering::Relaxed);
+                    let mut h2 = H2Start::default();
+                    if h2.observe(new) {
+                        this.flags.clock.h2_ready();
+                    }
+                    *this.h2 = Some(h2);
                     return res;
                 }
             }
@@ -200,6 +293,29 @@ mod tests {
             b"\n\r",
             b"\n",
         ]));
+    }
+
+    #[test]
+    fn h2_start_ends_with_the_first_settings_frame() {
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let settings = [0u8, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100];
+        let mut all = preface.to_vec();
+        all.extend_from_slice(&settings);
+        // Whole, and byte by byte: complete exactly at the last payload byte.
+        assert!(H2Start::default().observe(&all));
+        let mut h = H2Start::default();
+        for (i, b) in all.iter().enumerate() {
+            assert_eq!(h.observe(&[*b]), i == all.len() - 1, "byte {i}");
+        }
+        // The preface alone, or a first frame that is not SETTINGS: never complete.
+        assert!(!H2Start::default().observe(preface));
+        let mut ping = preface.to_vec();
+        ping.extend_from_slice(&[0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+        assert!(!H2Start::default().observe(&ping));
+        // An empty SETTINGS frame completes with its header.
+        let mut empty = preface.to_vec();
+        empty.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        assert!(H2Start::default().observe(&empty));
     }
 
     #[test]

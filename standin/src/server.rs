@@ -326,6 +326,9 @@ async fn handle(
 
     let mut resp = if let Some(body) = pending_body {
         upload(body, &shared, index).await
+    } else if path == "/_standin/status/101" {
+        let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+        lenient_switch(&parts.headers, &query, on_upgrade, shared.clone(), stop)
     } else if path.starts_with("/_standin/") {
         helper(&method, &path, &target, &headers, body_len)
     } else if path == "/websocket" || path.starts_with("/sockjs/") {
@@ -530,6 +533,60 @@ fn helper(
         }
         _ => not_found(),
     }
+}
+
+/// `/_standin/status/101`: a careless upstream that answers `101 Switching Protocols` whatever
+/// was asked. `Upgrade` is the `upgrade` query parameter (default `websocket`);
+/// `Sec-WebSocket-Accept` is sent only with `accept=good` (derived from the request's key) or
+/// `accept=<value>` (sent as is). After the 101 it goes on reading HTTP/1 requests on the same
+/// connection, recorded like any other, as a lenient server would: the bytes a client sends
+/// after such a 101 reach the application as requests unless the proxy refuses to tunnel.
+fn lenient_switch(
+    headers: &http::HeaderMap,
+    query: &str,
+    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<()>,
+) -> Response<Body> {
+    let param = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    };
+    let mut r = response(StatusCode::SWITCHING_PROTOCOLS, empty());
+    let upgrade = param("upgrade").unwrap_or_else(|| "websocket".to_string());
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&upgrade) {
+        h.insert(http::header::UPGRADE, v);
+    }
+    h.insert(
+        http::header::CONNECTION,
+        HeaderValue::from_static("Upgrade"),
+    );
+    let accept = match param("accept").as_deref() {
+        Some("good") => headers
+            .get(http::header::SEC_WEBSOCKET_KEY)
+            .map(|k| derive_accept_key(k.as_bytes())),
+        Some(v) => Some(v.to_string()),
+        None => None,
+    };
+    if let Some(v) = accept.and_then(|a| HeaderValue::from_str(&a).ok()) {
+        h.insert(http::header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if let Some(on_upgrade) = on_upgrade {
+        tokio::spawn(async move {
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            let svc = service_fn(move |req| handle(req, shared.clone(), stop.clone()));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(upgraded, svc)
+                .await;
+        });
+    }
+    r
 }
 
 /// Accepts a WebSocket upgrade and echoes messages until the peer closes.
