@@ -583,66 +583,42 @@ fn line_col(text: &str, at: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// Parses `"500ms"`, `"5s"`, `"2m"`, `"1h"`, `"1d"` (a whole number and a unit).
+/// Parses a duration such as `"500ms"`, `"5s"`, `"2m"`, `"1h"` or `"1h 30m"` (`humantime`;
+/// a unit is required, so a bare `"5"` is refused rather than guessed).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("\"{s}\" has no unit: write e.g. \"500ms\", \"5s\" or \"2m\""))?;
-    let (num, unit) = s.split_at(split);
-    if num.is_empty() {
-        return Err(format!(
-            "\"{s}\" is not a duration: write e.g. \"500ms\", \"5s\" or \"2m\""
-        ));
-    }
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("\"{s}\" is out of range"))?;
-    let ms = match unit.trim() {
-        "ms" => Some(n),
-        "s" => n.checked_mul(1000),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        "d" => n.checked_mul(86_400_000),
-        other => {
-            return Err(format!(
-                "\"{s}\": unknown unit \"{other}\" (use ms, s, m, h or d)"
-            ))
+    humantime::parse_duration(s).map_err(|e| match e {
+        humantime::DurationError::NumberOverflow => format!("\"{s}\" is out of range"),
+        humantime::DurationError::UnknownUnit { unit, .. } => {
+            format!("\"{s}\": unknown unit \"{unit}\" (use ms, s, m, h or d)")
         }
-    }
-    .ok_or_else(|| format!("\"{s}\" is out of range"))?;
-    Ok(Duration::from_millis(ms))
+        humantime::DurationError::NumberExpected(_)
+            if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            format!("\"{s}\" has no unit: write e.g. \"500ms\", \"5s\" or \"2m\"")
+        }
+        _ => format!("\"{s}\" is not a duration: write e.g. \"500ms\", \"5s\" or \"2m\""),
+    })
 }
 
-/// Parses `"64MiB"`, `"512KiB"`, `"1GiB"`, `"100kB"`, `"1048576"` or plain bytes.
+/// Parses a size: plain bytes (`"1048576"`) or a number and a unit (`"64MiB"`, `"512KiB"`,
+/// `"1GiB"`, `"100kB"`; `bytesize`, binary and decimal units). Sizes past `u64` are refused.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    if num.is_empty() {
+    if t.is_empty() || !t.starts_with(|c: char| c.is_ascii_digit()) {
         return Err(format!(
             "\"{s}\" is not a size: write bytes or e.g. \"64MiB\", \"512KiB\""
         ));
     }
-    let n: u64 = num
+    let size: bytesize::ByteSize = t
         .parse()
-        .map_err(|_| format!("\"{s}\" is out of range"))?;
-    let mul: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "kB" | "KB" => 1000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        other => {
-            return Err(format!(
-                "\"{s}\": unknown unit \"{other}\" (use B, KiB, MiB, GiB, kB, MB or GB)"
-            ))
-        }
-    };
-    n.checked_mul(mul)
-        .ok_or_else(|| format!("\"{s}\" is out of range"))
+        .map_err(|_| format!("\"{s}\": unknown unit (use B, KiB, MiB, GiB, kB, MB or GB)"))?;
+    // bytesize computes in floating point and saturates: refuse what does not fit exactly.
+    let digits: String = t.chars().take_while(|c| c.is_ascii_digit()).collect();
+    match digits.parse::<u64>() {
+        Ok(n) if size.as_u64() != u64::MAX && size.as_u64() >= n => Ok(size.as_u64()),
+        _ => Err(format!("\"{s}\" is out of range")),
+    }
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
