@@ -14,8 +14,8 @@
 # comes from the environment (ROCKETCHAT_SHIM_SERVICE_TOKEN), never from the image.
 #
 # Builder and runtime share Debian 12 (bookworm), so the binary's glibc is the one it runs on.
-# There is no cargo feature to turn off: the stand-in Rocket.Chat behind `demo` is a normal
-# dependency, so this is the same binary as `cargo build --release`.
+# Built with --no-default-features: the `demo` command and the stand-in Rocket.Chat it embeds
+# are left out of the production image.
 
 ARG RUST_VERSION=1.95
 
@@ -32,7 +32,7 @@ COPY benches ./benches
 # recompiles the shim, not its dependencies; the binary is copied out of the cache in the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin rocketchat-shim \
+    cargo build --release --locked --no-default-features --bin rocketchat-shim \
  && install -D -m 0755 target/release/rocketchat-shim /out/rocketchat-shim
 
 FROM gcr.io/distroless/cc-debian12:nonroot

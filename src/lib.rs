@@ -11,6 +11,7 @@ pub mod admin;
 pub mod body;
 pub mod cache;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod dm_history;
 pub mod fuzzing;

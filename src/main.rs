@@ -37,7 +37,8 @@ enum Command {
         online: bool,
     },
     /// Start a stand-in Rocket.Chat with seeded data and the shim in front of it, and print
-    /// curl commands to try.
+    /// curl commands to try (builds with the default `demo` feature only).
+    #[cfg(feature = "demo")]
     Demo,
 }
 
@@ -61,6 +62,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        #[cfg(feature = "demo")]
         Some(Command::Demo) => {
             init_tracing("warn,access=off");
             runtime(cli.workers)

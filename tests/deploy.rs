@@ -204,7 +204,13 @@ fn dockerfile_is_multi_stage_non_root_and_shell_free_at_run_time() {
     );
     assert!(runtime.contains(&"USER 65532:65532"), "{runtime:?}");
     assert!(runtime.contains(&r#"ENTRYPOINT ["/usr/local/bin/rocketchat-shim"]"#));
-    assert!(df.contains("cargo build --release --locked --bin rocketchat-shim"));
+    // The production image leaves the demo and its embedded stand-in out.
+    assert!(
+        df.contains("cargo build --release --locked --no-default-features --bin rocketchat-shim")
+    );
+    let (_, manifest) = repo_file("Cargo.toml");
+    assert!(manifest.contains(r#"rocketchat-standin = { path = "standin", optional = true }"#));
+    assert!(manifest.contains(r#"demo = ["dep:rocketchat-standin"]"#));
     // The context is an allow-list: no target/, no .git, no local secrets.
     let (_, ignore) = repo_file(".dockerignore");
     let rules: Vec<&str> = ignore
