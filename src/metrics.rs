@@ -2,7 +2,7 @@
 //! Prometheus text format (version 0.0.4) by the admin listener's `/metrics`.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,6 +114,8 @@ struct Inner {
     open_connections: AtomicI64,
     open_tunnels: AtomicI64,
     redis_latency: Histogram,
+    /// Whether the rate limits run on Redis: only then is the Redis histogram listed.
+    redis_backend: AtomicBool,
     counters: Counters,
     /// Gauges read at render time from their owners (cache size, rate-limit keys, ...).
     gauges: std::sync::Mutex<Vec<(&'static str, &'static str, GaugeFn)>>,
@@ -153,6 +155,7 @@ impl Metrics {
             open_connections: AtomicI64::new(0),
             open_tunnels: AtomicI64::new(0),
             redis_latency: Histogram::new(),
+            redis_backend: AtomicBool::new(false),
             counters: Counters::default(),
             gauges: std::sync::Mutex::new(Vec::new()),
         }))
@@ -168,6 +171,12 @@ impl Metrics {
         let s = (status as usize).clamp(STATUS_MIN, STATUS_MIN + STATUS_SPAN - 1) - STATUS_MIN;
         self.0.requests[class as usize * STATUS_SPAN + s].fetch_add(1, Ordering::Relaxed);
         self.0.latency[class as usize].observe(elapsed);
+    }
+
+    /// Says whether the rate limits of the current configuration run on Redis (the Redis
+    /// latency histogram is listed only then).
+    pub fn set_redis_backend(&self, on: bool) {
+        self.0.redis_backend.store(on, Ordering::Relaxed);
     }
 
     /// Times one Redis rate-limit call.
@@ -266,12 +275,14 @@ impl Metrics {
                 &format!("route=\"{}\"", class.as_str()),
             );
         }
-        out.push_str("# HELP rcshim_ratelimit_redis_duration_seconds Redis rate-limit call latency.\n# TYPE rcshim_ratelimit_redis_duration_seconds histogram\n");
-        i.redis_latency.render(
-            &mut out,
-            "rcshim_ratelimit_redis_duration_seconds",
-            "backend=\"redis\"",
-        );
+        if i.redis_backend.load(Ordering::Relaxed) {
+            out.push_str("# HELP rcshim_ratelimit_redis_duration_seconds Redis rate-limit call latency.\n# TYPE rcshim_ratelimit_redis_duration_seconds histogram\n");
+            i.redis_latency.render(
+                &mut out,
+                "rcshim_ratelimit_redis_duration_seconds",
+                "backend=\"redis\"",
+            );
+        }
         out.push_str("# HELP rcshim_upstream_errors_total Upstream failures, by kind.\n# TYPE rcshim_upstream_errors_total counter\n");
         for (k, kind) in UPSTREAM_ERROR_KINDS.iter().enumerate() {
             let _ = writeln!(
