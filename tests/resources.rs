@@ -244,9 +244,6 @@ async fn local_backend_metrics_list_no_redis_histogram() {
     );
 }
 
-#[allow(dead_code)]
-fn _keep(_: AtomicUsize, _: Ordering) {}
-
 /// Runs `rocketchat-shim demo`, then every command it prints, in order, through `sh`: the 429
 /// loop shows allowed answers turning into 429s (the commands before it do not spend its
 /// budget).
@@ -292,5 +289,287 @@ fn demo_429_loop_shows_allowed_answers_turning_into_429s() {
         loop_out.as_deref(),
         Some("200 200 200 200 200 429 429 429"),
         "{commands:#?}"
+    );
+}
+
+// ---- 8a: the process-wide cap on upstream connections ----------------------------------------
+
+const BUSY: &str = r#"{"success":false,"error":"The upstream is busy [error-service-unavailable]","errorType":"error-service-unavailable"}"#;
+
+/// An upstream that counts its open connections (and the most at once) and holds every
+/// request until `release` is sent, then answers `200 ok`.
+struct HoldingUpstream {
+    addr: std::net::SocketAddr,
+    open: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+impl HoldingUpstream {
+    async fn start() -> HoldingUpstream {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let open = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let (release, rx) = tokio::sync::watch::channel(false);
+        let (o, pk) = (open.clone(), peak.clone());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let n = o.fetch_add(1, Ordering::SeqCst) + 1;
+                pk.fetch_max(n, Ordering::SeqCst);
+                let (o, mut rx) = (o.clone(), rx.clone());
+                tokio::spawn(async move {
+                    while read_head(&mut s).await.is_some() {
+                        if rx.wait_for(|r| *r).await.is_err() {
+                            break;
+                        }
+                        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if s.write_all(ok).await.is_err() {
+                            break;
+                        }
+                    }
+                    o.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        HoldingUpstream {
+            addr,
+            open,
+            peak,
+            release,
+        }
+    }
+}
+
+/// Polls `cond` every 20 ms for up to `within`; whether it became true.
+async fn eventually(within: Duration, cond: impl Fn() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_h2c_client_with_200_streams_opens_at_most_max_connections_upstream() {
+    let up = HoldingUpstream::start().await;
+    let mut config = base_config(&format!("http://{}", up.addr));
+    config.admin.listen = None;
+    config.upstream.max_connections = 20;
+    config.upstream.connect_timeout = Duration::from_secs(1);
+    let shim = rocketchat_shim::server::start(config)
+        .await
+        .expect("shim starts");
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client");
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let (h2, done) = (h2.clone(), done.clone());
+        let url = format!("http://{}/slow/{i}", shim.addr);
+        tasks.push(tokio::spawn(async move {
+            let r = h2.get(url).send().await.expect("send");
+            let s = r.status().as_u16();
+            let b = r.text().await.expect("body");
+            done.fetch_add(1, Ordering::SeqCst);
+            (s, b)
+        }));
+    }
+    // The 180 that found no free connection are answered 503 after connect_timeout; then the
+    // upstream answers the 20 it holds.
+    let refused = eventually(Duration::from_secs(20), || {
+        done.load(Ordering::SeqCst) >= 180
+    })
+    .await;
+    let _ = up.release.send(true);
+    let mut got = Vec::new();
+    for t in tasks {
+        got.push(t.await.expect("task"));
+    }
+    assert!(refused, "no request was refused");
+    assert_eq!(up.peak.load(Ordering::SeqCst), 20);
+    assert_eq!(
+        got.iter().filter(|(s, b)| *s == 200 && b == "ok").count(),
+        20
+    );
+    assert_eq!(
+        got.iter().filter(|(s, b)| *s == 503 && b == BUSY).count(),
+        180
+    );
+    drop(shim);
+    let _ = up.open.load(Ordering::SeqCst);
+}
+
+// ---- 8c: release at once on 504 and when the client goes away --------------------------------
+
+/// Upstream-side sockets of `port` by TCP state (`/proc/net/tcp{,6}`): (established,
+/// close-wait). A socket in close-wait is one whose peer, the shim, has closed it; one the
+/// shim reset is gone from the table.
+fn upstream_sockets(port: u16) -> (usize, usize) {
+    let mut est = 0;
+    let mut close_wait = 0;
+    for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() < 4 {
+                continue;
+            }
+            let local_port = cols[1]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if local_port != Some(port) {
+                continue;
+            }
+            match cols[3] {
+                "01" => est += 1,
+                "08" => close_wait += 1,
+                _ => {}
+            }
+        }
+    }
+    (est, close_wait)
+}
+
+/// An upstream that accepts and keeps every connection without reading a byte.
+async fn deaf_upstream() -> (std::net::SocketAddr, Arc<Mutex<Vec<TcpStream>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let h = held.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            h.lock().expect("lock").push(s);
+        }
+    });
+    (addr, held)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_504_with_its_body_blocked_upstream_releases_both_sides_at_once() {
+    let (up, held) = deaf_upstream().await;
+    let mut config = base_config(&format!("http://{up}"));
+    config.admin.listen = None;
+    config.upstream.response_timeout = Duration::from_secs(1);
+    let shim = rocketchat_shim::server::start(config)
+        .await
+        .expect("shim starts");
+    let s = TcpStream::connect(shim.addr).await.expect("connect");
+    let (mut rd, mut wr) = s.into_split();
+    // A 1 GiB upload, written until the upstream's buffers are full (the writer then blocks).
+    let writer = tokio::spawn(async move {
+        let head = "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n";
+        if wr.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..16 * 1024 {
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 504 "), "{answer}");
+    assert!(closed, "the client connection stayed open after the 504");
+    // The upstream connection is closed (reset) by the shim although the upstream never read.
+    assert_eq!(held.lock().expect("lock").len(), 1);
+    assert!(
+        eventually(Duration::from_secs(10), || upstream_sockets(up.port()).0
+            == 0)
+        .await,
+        "upstream sockets (established, close-wait): {:?}",
+        upstream_sockets(up.port())
+    );
+    writer.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_releases_the_upstream_connection_at_once() {
+    let up = HoldingUpstream::start().await;
+    let mut config = base_config(&format!("http://{}", up.addr));
+    config.admin.listen = None;
+    let shim = rocketchat_shim::server::start(config)
+        .await
+        .expect("shim starts");
+    let mut s = TcpStream::connect(shim.addr).await.expect("connect");
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    assert!(
+        eventually(Duration::from_secs(10), || up.open.load(Ordering::SeqCst)
+            == 1)
+        .await
+    );
+    drop(s);
+    // The upstream still holds the request, but the shim closed its side.
+    assert!(
+        eventually(Duration::from_secs(10), || upstream_sockets(up.addr.port())
+            .0
+            == 0)
+        .await,
+        "upstream sockets (established, close-wait): {:?}",
+        upstream_sockets(up.addr.port())
+    );
+    let _ = up.release.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_while_its_upload_is_blocked_upstream_is_released_by_the_504_path() {
+    let (up, held) = deaf_upstream().await;
+    let mut config = base_config(&format!("http://{up}"));
+    config.admin.listen = None;
+    config.upstream.response_timeout = Duration::from_secs(1);
+    let shim = rocketchat_shim::server::start(config)
+        .await
+        .expect("shim starts");
+    let mut s = TcpStream::connect(shim.addr).await.expect("connect");
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n")
+        .await
+        .expect("head");
+    // Write until a write stalls: the upstream's buffers and the shim's are full.
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut stalled = false;
+    for _ in 0..16 * 1024 {
+        match tokio::time::timeout(Duration::from_millis(500), s.write_all(&chunk)).await {
+            Ok(Ok(())) => continue,
+            _ => {
+                stalled = true;
+                break;
+            }
+        }
+    }
+    assert!(stalled, "1 GiB went through a deaf upstream");
+    drop(s);
+    assert_eq!(held.lock().expect("lock").len(), 1);
+    // hyper reads nothing from a client whose body is blocked, so the close is seen when the
+    // response timeout fires; then the upstream side goes at once.
+    assert!(
+        eventually(Duration::from_secs(10), || upstream_sockets(up.port()).0
+            == 0)
+        .await,
+        "upstream sockets (established, close-wait): {:?}",
+        upstream_sockets(up.port())
     );
 }
