@@ -573,3 +573,166 @@ async fn a_client_gone_while_its_upload_is_blocked_upstream_is_released_by_the_5
         upstream_sockets(up.port())
     );
 }
+
+// ---- 7b: the cache's bound at every moment, and what an entry really costs ----------------
+
+/// An upstream for the endpoint: `/api/v1/me` says admin, every other request gets a
+/// `"success":true` answer of `size` bytes.
+async fn big_answer_upstream(size: usize) -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let pad = "x".repeat(size);
+    let big = Arc::new(format!(
+        "{{\"messages\":[],\"pad\":\"{pad}\",\"offset\":0,\"count\":0,\"total\":0,\"success\":true}}"
+    ));
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let big = big.clone();
+            tokio::spawn(async move {
+                while let Some(head) = read_head(&mut s).await {
+                    let body = if head.starts_with("GET /api/v1/me ") {
+                        r#"{"_id":"admin-id","username":"admin","roles":["user","admin"],"success":true}"#
+                    } else {
+                        big.as_str()
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_max_bytes_holds_right_after_a_burst_of_large_inserts() {
+    let up = big_answer_upstream(512 * 1024).await;
+    let mut config = base_config(&format!("http://{up}"));
+    config.policy.roles = rocketchat_shim::config::RolesSource::List(vec!["admin".into()]);
+    config.cache.max_bytes = 4 * 1024 * 1024;
+    config.cache.ttl = Duration::from_secs(600);
+    let shim = rocketchat_shim::server::start(config)
+        .await
+        .expect("shim starts");
+    let c = client();
+    let mut hits = 0;
+    for pass in 0..2 {
+        for i in 0..30 {
+            let r = admin(c.get(format!(
+                "http://{}/api/v1/im.messages.others?roomId=r&offset={i}",
+                shim.addr
+            )))
+            .send()
+            .await
+            .expect("send");
+            assert_eq!(r.status().as_u16(), 200);
+            let status = r
+                .headers()
+                .get("cache-status")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            assert_eq!(r.bytes().await.expect("body").len() > 512 * 1024, true);
+            if pass == 1 && status.contains("; hit") {
+                hits += 1;
+            }
+        }
+    }
+    // 4 MiB holds at most seven answers of 0.5 MiB and their overhead.
+    assert!(hits <= 7, "{hits} of 30 answers served from a 4 MiB cache");
+}
+
+/// Resident memory of a process, in bytes (`VmRSS` of `/proc/<pid>/status`).
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// Sends `n` endpoint requests with distinct offsets from `first`, 32 at a time; all 200.
+async fn fill(addr: &str, first: u64, n: u64) {
+    let c = client();
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(first));
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let (c, next, addr) = (c.clone(), next.clone(), addr.to_owned());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= first + n {
+                    return;
+                }
+                let r = admin(c.get(format!(
+                    "http://{addr}/api/v1/im.messages.others?roomId=alice-idbob-id&count=1&offset={}",
+                    1000 + i
+                )))
+                .send()
+                .await
+                .expect("send");
+                assert_eq!(r.status().as_u16(), 200);
+                let _ = r.bytes().await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_memory_stays_within_max_bytes_for_small_answers() {
+    const MAX: u64 = 16 * 1024 * 1024;
+    let standin = rocketchat_standin::Standin::start()
+        .await
+        .expect("stand-in");
+    let dir = common::proc::tempdir("cache-rss");
+    let config = common::proc::write_config(
+        &dir,
+        &standin.url(),
+        &format!(
+            "[policy]\ndm_history_endpoint = \"enabled\"\nroles = [\"admin\"]\n[rate_limit]\nenabled = false\n[cache]\nttl = \"10m\"\nmax_bytes = {MAX}\n"
+        ),
+    );
+    let mut p = common::proc::spawn_proc(&config);
+    let pid = p.child.id();
+    // Warm up: connections, identity, allocator arenas.
+    fill(&p.addr, 0, 2_000).await;
+    let before = rss(pid);
+    // Far more small answers than fit: the cache fills up to max_bytes and then evicts.
+    fill(&p.addr, 2_000, 40_000).await;
+    let after = rss(pid);
+    let metrics = client()
+        .get(format!("http://{}/metrics", p.admin))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let gauge = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+            .unwrap_or_default()
+    };
+    let (entries, bytes) = (gauge("rcshim_cache_entries "), gauge("rcshim_cache_bytes "));
+    let _ = p.child.kill();
+    let _ = p.child.wait();
+    let growth = after.saturating_sub(before);
+    eprintln!(
+        "cache: {entries} entries, {bytes} bytes counted; RSS {before} -> {after} (+{growth})"
+    );
+    assert!(
+        growth <= MAX + 4 * 1024 * 1024,
+        "RSS grew by {growth} bytes with max_bytes = {MAX} ({entries} entries, {bytes} bytes counted)"
+    );
+}
