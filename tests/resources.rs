@@ -736,3 +736,171 @@ async fn cache_memory_stays_within_max_bytes_for_small_answers() {
         "RSS grew by {growth} bytes with max_bytes = {MAX} ({entries} entries, {bytes} bytes counted)"
     );
 }
+
+// ---- 8b: memory per slow reader and per slow writer ----------------------------------------
+
+/// An upstream that answers every request with a 1 GiB body, written as fast as it is taken.
+async fn endless_upstream() -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                if read_head(&mut s).await.is_none() {
+                    return;
+                }
+                let head = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 1073741824\r\n\r\n";
+                if s.write_all(head).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'y'; 64 * 1024];
+                for _ in 0..16 * 1024 {
+                    if s.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Samples the RSS of `pid` every 200 ms until it has not grown by more than 64 KiB over the
+/// last five samples (the slow peers' buffers are full), at most 30 s; the last sample.
+async fn settled_rss(pid: u32) -> u64 {
+    let mut samples = vec![rss(pid)];
+    for _ in 0..150 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        samples.push(rss(pid));
+        let n = samples.len();
+        if n >= 6 && samples[n - 1].saturating_sub(samples[n - 6]) <= 64 * 1024 {
+            break;
+        }
+    }
+    samples.last().copied().unwrap_or(0)
+}
+
+/// A shim process in front of `upstream` with `max_header_bytes`.
+fn rss_shim(
+    name: &str,
+    upstream: std::net::SocketAddr,
+    max_header_bytes: u64,
+) -> common::proc::Proc {
+    let dir = common::proc::tempdir(name);
+    let config = common::proc::write_config(&dir, &format!("http://{upstream}"), "");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let text = text.replacen(
+        "[server]\n",
+        &format!("[server]\nmax_header_bytes = {max_header_bytes}\n"),
+        1,
+    );
+    std::fs::write(&config, text).expect("write");
+    common::proc::spawn_proc(&config)
+}
+
+/// 100 clients that read the head and a little of a 1 GiB download, then stop reading.
+async fn slow_readers(max_header_bytes: u64) -> u64 {
+    let up = endless_upstream().await;
+    let mut p = rss_shim(
+        &format!("slow-readers-{max_header_bytes}"),
+        up,
+        max_header_bytes,
+    );
+    let pid = p.child.id();
+    // One full download first: allocator arenas and pools are warm.
+    {
+        let mut s = TcpStream::connect(&p.addr).await.expect("connect");
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0usize;
+        while got < 32 * 1024 * 1024 {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+    }
+    let before = settled_rss(pid).await;
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        let mut s = TcpStream::connect(&p.addr).await.expect("connect");
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = vec![0u8; 16 * 1024];
+        let n = s.read(&mut buf).await.expect("read");
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200 "));
+        held.push(s);
+    }
+    let after = settled_rss(pid).await;
+    let _ = p.child.kill();
+    let _ = p.child.wait();
+    drop(held);
+    let per = after.saturating_sub(before) / 100;
+    eprintln!(
+        "slow readers, max_header_bytes = {max_header_bytes}: RSS {before} -> {after}, {per} bytes each"
+    );
+    per
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_holds_at_most_256_kib() {
+    for max_header_bytes in [65_536, 1024 * 1024] {
+        let per = slow_readers(max_header_bytes).await;
+        assert!(
+            per <= 256 * 1024,
+            "{per} bytes held per slow reader with max_header_bytes = {max_header_bytes}"
+        );
+    }
+}
+
+/// 100 clients that upload 1 GiB each toward an upstream that never reads.
+async fn slow_writers(max_header_bytes: u64) -> u64 {
+    let (up, _held) = deaf_upstream().await;
+    let mut p = rss_shim(
+        &format!("slow-writers-{max_header_bytes}"),
+        up,
+        max_header_bytes,
+    );
+    let pid = p.child.id();
+    let before = settled_rss(pid).await;
+    let mut writers = Vec::new();
+    for _ in 0..100 {
+        let addr = p.addr.clone();
+        writers.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(&addr).await.expect("connect");
+            let head = "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n";
+            s.write_all(head.as_bytes()).await.expect("head");
+            let chunk = vec![b'x'; 64 * 1024];
+            for _ in 0..16 * 1024 {
+                if s.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    let after = settled_rss(pid).await;
+    let _ = p.child.kill();
+    let _ = p.child.wait();
+    for w in writers {
+        w.abort();
+    }
+    let per = after.saturating_sub(before) / 100;
+    eprintln!(
+        "slow writers, max_header_bytes = {max_header_bytes}: RSS {before} -> {after}, {per} bytes each"
+    );
+    per
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_writer_holds_at_most_256_kib() {
+    for max_header_bytes in [65_536, 1024 * 1024] {
+        let per = slow_writers(max_header_bytes).await;
+        assert!(
+            per <= 256 * 1024,
+            "{per} bytes held per slow writer with max_header_bytes = {max_header_bytes}"
+        );
+    }
+}

@@ -35,6 +35,10 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use crate::body::{ClientBodyError, ProxyBody};
 use crate::config::UpstreamConfig;
 
+/// Read buffer of an upstream connection, and so the largest response head (Rocket.Chat's are
+/// a few KiB; Node itself refuses request heads over 16 KiB).
+const UPSTREAM_BUF: usize = 32 * 1024;
+
 /// Why the upstream gave no usable answer head.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -121,6 +125,10 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_max_idle_per_host(1024)
+            // The read-ahead per upstream connection (hyper's default is ~400 KiB): with the
+            // server's buffer, what a slow reader holds stays within 256 KiB (spec/shim.md §7;
+            // see `body`). Also the largest upstream response head taken.
+            .http1_max_buf_size(UPSTREAM_BUF)
             .retry_canceled_requests(true)
             .set_host(false)
             .build(connector);
