@@ -408,6 +408,41 @@ async fn one_h2c_client_with_200_streams_opens_at_most_max_connections_upstream(
     let _ = up.open.load(Ordering::SeqCst);
 }
 
+/// The cap covers the shim's own lookups too: with the only upstream connection taken by a
+/// held pass-through request, the endpoint's `/me` lookup waits `connect_timeout`, then 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cap_covers_the_shims_own_lookups() {
+    let up = HoldingUpstream::start().await;
+    let mut config = base_config(&format!("http://{}", up.addr));
+    config.admin.listen = None;
+    config.upstream.max_connections = 1;
+    config.upstream.connect_timeout = Duration::from_millis(500);
+    let shim = rocketchat_shim::server::start(config)
+        .await
+        .expect("shim starts");
+    let held = tokio::spawn({
+        let url = format!("http://{}/slow", shim.addr);
+        async move { client().get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    assert!(
+        eventually(Duration::from_secs(10), || up.open.load(Ordering::SeqCst)
+            == 1)
+        .await
+    );
+    let r = admin(client().get(format!(
+        "http://{}/api/v1/im.messages.others?roomId=alice-idbob-id",
+        shim.addr
+    )))
+    .send()
+    .await
+    .expect("send");
+    assert_eq!(r.status().as_u16(), 503);
+    assert_eq!(r.text().await.expect("body"), BUSY);
+    assert_eq!(up.peak.load(Ordering::SeqCst), 1);
+    let _ = up.release.send(true);
+    assert_eq!(held.await.expect("task").expect("answer"), 200);
+}
+
 // ---- 8c: release at once on 504 and when the client goes away --------------------------------
 
 /// Upstream-side sockets of `port` by TCP state (`/proc/net/tcp{,6}`): (established,
@@ -637,7 +672,7 @@ async fn cache_max_bytes_holds_right_after_a_burst_of_large_inserts() {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_owned();
-            assert_eq!(r.bytes().await.expect("body").len() > 512 * 1024, true);
+            assert!(r.bytes().await.expect("body").len() > 512 * 1024);
             if pass == 1 && status.contains("; hit") {
                 hits += 1;
             }
