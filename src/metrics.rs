@@ -39,7 +39,11 @@ const STATUS_SPAN: usize = 500;
 const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
-const UPSTREAM_ERROR_KINDS: [&str; 5] = ["connect", "timeout", "protocol", "reset", "request"];
+const UPSTREAM_ERROR_KINDS: [&str; 6] = [
+    "connect", "timeout", "protocol", "reset", "request",
+    // Every `upstream.max_connections` connection stayed busy for `connect_timeout` (503).
+    "busy",
+];
 
 struct Histogram {
     buckets: [AtomicU64; BUCKETS.len()],
@@ -184,7 +188,8 @@ impl Metrics {
         self.0.redis_latency.observe(d);
     }
 
-    /// Counts an upstream failure by kind (`connect`, `timeout`, `protocol`, `reset`, `request`).
+    /// Counts an upstream failure by kind (`connect`, `timeout`, `protocol`, `reset`, `request`,
+    /// `busy`).
     pub fn upstream_error(&self, kind: &str) {
         if let Some(i) = UPSTREAM_ERROR_KINDS.iter().position(|k| *k == kind) {
             self.0.upstream_errors[i].fetch_add(1, Ordering::Relaxed);

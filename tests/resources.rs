@@ -404,8 +404,7 @@ async fn one_h2c_client_with_200_streams_opens_at_most_max_connections_upstream(
         got.iter().filter(|(s, b)| *s == 503 && b == BUSY).count(),
         180
     );
-    drop(shim);
-    let _ = up.open.load(Ordering::SeqCst);
+    assert_eq!(shim.app.metrics.upstream_errors("busy"), 180);
 }
 
 /// The cap covers the shim's own lookups too: with the only upstream connection taken by a
@@ -440,6 +439,43 @@ async fn the_cap_covers_the_shims_own_lookups() {
     assert_eq!(r.text().await.expect("body"), BUSY);
     assert_eq!(up.peak.load(Ordering::SeqCst), 1);
     let _ = up.release.send(true);
+    assert_eq!(held.await.expect("task").expect("answer"), 200);
+}
+
+/// A reload that points the shim at another upstream keeps one count: connections of the old
+/// generation still hold their permits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cap_is_one_count_across_a_reload() {
+    let a = HoldingUpstream::start().await;
+    let b = HoldingUpstream::start().await;
+    let mut config = base_config(&format!("http://{}", a.addr));
+    config.admin.listen = None;
+    config.upstream.max_connections = 1;
+    config.upstream.connect_timeout = Duration::from_millis(500);
+    let shim = rocketchat_shim::server::start(config.clone())
+        .await
+        .expect("shim starts");
+    let held = tokio::spawn({
+        let url = format!("http://{}/slow", shim.addr);
+        async move { client().get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    assert!(
+        eventually(Duration::from_secs(10), || a.open.load(Ordering::SeqCst)
+            == 1)
+        .await
+    );
+    config.upstream.url =
+        rocketchat_shim::config::parse_upstream_url(&format!("http://{}", b.addr)).expect("url");
+    shim.reload(config).expect("reload");
+    let r = client()
+        .get(format!("http://{}/other", shim.addr))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status().as_u16(), 503);
+    assert_eq!(r.text().await.expect("body"), BUSY);
+    assert_eq!(b.peak.load(Ordering::SeqCst), 0);
+    let _ = a.release.send(true);
     assert_eq!(held.await.expect("task").expect("answer"), 200);
 }
 

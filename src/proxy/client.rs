@@ -83,6 +83,8 @@ pub struct Upstream {
     client: Client<HttpsConnector<CappedConnector>, ProxyBody>,
     /// `upstream.max_connections`, for the 503's log line.
     max_connections: u64,
+    /// Its permits, one per open upstream connection (shared by the connector).
+    permits: Arc<Semaphore>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     response_timeout: Duration,
@@ -103,16 +105,30 @@ impl Upstream {
     /// `pool_idle_timeout` (below Node's 5 s keep-alive, so the shim never reuses a connection
     /// the upstream is about to close), `TCP_NODELAY`, `connect_timeout`.
     pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, String> {
+        Self::new_after(cfg, None)
+    }
+
+    /// As [`Upstream::new`], for a reload: when `previous` has the same `max_connections`, its
+    /// permits are shared, so the connections it still holds (tunnels, requests in flight,
+    /// idle ones until `pool_idle_timeout`) count against the one process-wide cap.
+    pub fn new_after(
+        cfg: &UpstreamConfig,
+        previous: Option<&Upstream>,
+    ) -> Result<Upstream, String> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(cfg.connect_timeout));
         connector.set_nodelay(true);
         connector.enforce_http(false);
         let max_connections = cfg.max_connections;
-        let connector = CappedConnector {
-            inner: connector,
-            permits: Arc::new(Semaphore::new(
+        let permits = match previous {
+            Some(p) if p.max_connections == max_connections => p.permits.clone(),
+            _ => Arc::new(Semaphore::new(
                 max_connections.min(Semaphore::MAX_PERMITS as u64) as usize,
             )),
+        };
+        let connector = CappedConnector {
+            inner: connector,
+            permits: permits.clone(),
             wait: cfg.connect_timeout,
         };
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
@@ -144,6 +160,7 @@ impl Upstream {
         Ok(Upstream {
             client,
             max_connections,
+            permits,
             scheme,
             authority,
             response_timeout: cfg.response_timeout,

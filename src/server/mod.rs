@@ -88,7 +88,7 @@ pub fn build_generation(
 ) -> Result<Generation, String> {
     let upstream = match previous {
         Some(p) if p.config.upstream == config.upstream => p.upstream.clone(),
-        _ => Upstream::new(&config.upstream)?,
+        _ => Upstream::new_after(&config.upstream, previous.map(|p| &p.upstream))?,
     };
     let config = Arc::new(config);
     let dm = Arc::new(DmHistory::new(
