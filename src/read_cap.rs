@@ -1,4 +1,4 @@
-//! A cap on how much one read from a client connection may take.
+//! A cap on how much one read from a connection (a client's, or the upstream's) may take.
 //!
 //! hyper reads a connection into one buffer whose limit, `max_buf_size`, must leave room for
 //! the largest request head the shim accepts (twice `max_header_bytes`, at least 400 KiB; see
@@ -8,6 +8,8 @@
 //! more with a larger header limit). Reading at most [`READ_CAP`] bytes at a time keeps each
 //! body frame, and hyper's adaptive read size, small whatever the header limit, while a large
 //! head is still read whole, in several reads (spec/shim.md §7: at most 256 KiB a direction).
+//! The upstream connections are read the same way (`proxy::client`), for the same reason
+//! toward clients that read slowly.
 
 use std::io;
 use std::pin::Pin;
@@ -15,11 +17,11 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The most one read from a client connection takes.
+/// The most one read from a connection takes.
 pub const READ_CAP: usize = 16 * 1024;
 
 pin_project_lite::pin_project! {
-    /// Wraps a client connection; reads take at most [`READ_CAP`] bytes, writes pass as they are.
+    /// Wraps a connection; reads take at most [`READ_CAP`] bytes, writes pass as they are.
     pub struct ReadCap<T> {
         #[pin]
         inner: T,

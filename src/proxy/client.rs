@@ -34,10 +34,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::body::{ClientBodyError, ProxyBody};
 use crate::config::UpstreamConfig;
-
-/// Read buffer of an upstream connection, and so the largest response head (Rocket.Chat's are
-/// a few KiB; Node itself refuses request heads over 16 KiB).
-const UPSTREAM_BUF: usize = 32 * 1024;
+use crate::read_cap::ReadCap;
 
 /// Why the upstream gave no usable answer head.
 #[derive(Debug, thiserror::Error)]
@@ -141,10 +138,6 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_max_idle_per_host(1024)
-            // The read-ahead per upstream connection (hyper's default is ~400 KiB): with the
-            // server's buffer, what a slow reader holds stays within 256 KiB (spec/shim.md §7;
-            // see `body`). Also the largest upstream response head taken.
-            .http1_max_buf_size(UPSTREAM_BUF)
             .retry_canceled_requests(true)
             .set_host(false)
             .build(connector);
@@ -307,6 +300,7 @@ impl tower_service::Service<Uri> for CappedConnector {
                 .call(uri)
                 .await
                 .map_err(|e| Box::new(e) as Self::Error)?;
+            let io = TokioIo::new(ReadCap::new(io.into_inner()));
             let abort = CancellationToken::new();
             Ok(Capped {
                 io,
@@ -324,8 +318,12 @@ impl tower_service::Service<Uri> for CappedConnector {
 /// socket is closed with a reset (zero linger): a plain close would queue the FIN behind the
 /// unsent body, which an upstream that does not read never takes, and the kernel would hold
 /// the connection on.
+///
+/// Its reads take at most [`READ_CAP`](crate::read_cap::READ_CAP) bytes at a time: hyper's read-ahead on an upstream
+/// connection would otherwise grow to ~400 KiB toward a client that reads slowly (the largest
+/// response head hyper takes is unchanged; it is read in several reads).
 pub struct Capped {
-    io: TokioIo<TcpStream>,
+    io: TokioIo<ReadCap<TcpStream>>,
     _permit: OwnedSemaphorePermit,
     abort: CancellationToken,
     aborted: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -336,7 +334,7 @@ impl Capped {
     fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         match self.aborted.as_mut().poll(cx) {
             Poll::Ready(()) => {
-                let _ = self.io.inner().set_zero_linger();
+                let _ = self.io.inner().get_ref().set_zero_linger();
                 Err(io::Error::new(
                     io::ErrorKind::ConnectionAborted,
                     "the request on this upstream connection was abandoned",
@@ -397,7 +395,11 @@ impl Write for Capped {
 
 impl Connection for Capped {
     fn connected(&self) -> Connected {
-        self.io.connected().extra(AbortHandle(self.abort.clone()))
+        self.io
+            .inner()
+            .get_ref()
+            .connected()
+            .extra(AbortHandle(self.abort.clone()))
     }
 }
 
