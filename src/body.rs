@@ -1,5 +1,5 @@
 //! Body types of the proxy, as enums rather than boxed trait objects so the hot path of a
-//! pass-through request allocates nothing for its bodies.
+//! pass-through request allocates nothing for the body types themselves.
 //!
 //! [`ProxyBody`] is what the shim sends, both to clients (an upstream answer streamed as it
 //! arrives, or a body the shim made) and to the upstream (a client's body streamed as it
@@ -10,9 +10,9 @@
 //! toward a peer that reads slowly (a slow client, or an upstream that does not take an
 //! upload) pins every buffer they came from: 1.2 to 1.4 MiB per slow peer was measured. A copy
 //! leaves the read buffer free for reuse at once, and small pieces let hyper's write-queue
-//! limit bite finely, so what one direction of one request holds is about its read buffer, one
-//! frame and the write queue (spec/shim.md §7: at most 256 KiB a direction; the buffer sizes
-//! are set in `server::builder` and `proxy::client`).
+//! limit (16 entries) bite finely, so what one direction of one request holds is about its
+//! read buffer, one frame and the write queue (spec/shim.md §7: at most 256 KiB a direction;
+//! reads, hence frames, are capped by `read_cap`, HTTP/2 buffers set in `server::builder`).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
