@@ -90,6 +90,10 @@ pub struct UpstreamConfig {
     pub response_timeout: Duration,
     #[serde(deserialize_with = "de_duration")]
     pub pool_idle_timeout: Duration,
+    /// Upstream connections open at once, for the whole process and every road (pass-through,
+    /// the endpoint, tunnels, the shim's own lookups); a request that finds none free waits up
+    /// to `connect_timeout`, then gets a 503.
+    pub max_connections: u64,
     /// PEM file of extra CA certificates trusted for an `https` upstream (besides the
     /// built-in web roots); "" for none.
     pub ca_file: String,
@@ -107,6 +111,7 @@ impl Default for UpstreamConfig {
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(4),
+            max_connections: 1024,
             ca_file: String::new(),
             service_account: None,
         }
@@ -465,6 +470,9 @@ impl Config {
         }
         if self.server.max_header_bytes > 16 * 1024 * 1024 {
             return bad("server.max_header_bytes", "must be at most 16MiB");
+        }
+        if self.upstream.max_connections == 0 {
+            return bad("upstream.max_connections", "must be at least 1");
         }
         if self.server.max_connections == 0 {
             return bad("server.max_connections", "must be at least 1");

@@ -4,14 +4,24 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use rocketchat_standin::{Seed, Standin};
+use rocketchat_standin::{Seed, Standin, User};
 
 use crate::config::{Budget, Config, DmHistoryEndpoint, RolesSource};
 use crate::server;
 
 /// Runs until Ctrl-C or SIGTERM.
 pub async fn run() -> Result<(), String> {
-    let standin = Standin::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), Seed::default())
+    // A second administrator, used only by the 429 loop, so that the commands printed before
+    // it (the admin's 200s and 400s) do not spend the budget the loop shows running out.
+    let mut seed = Seed::default();
+    seed.users.push(User::new(
+        "ops-id",
+        "ops",
+        "ops-pass",
+        "ops-token",
+        &["user", "admin"],
+    ));
+    let standin = Standin::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), seed)
         .await
         .map_err(|e| format!("cannot start the stand-in Rocket.Chat: {e}"))?;
     let mut config = config_disabled(&standin.url())?;
@@ -49,9 +59,10 @@ pub async fn run() -> Result<(), String> {
     let ep = "/api/v1/dm.messages.others?roomId=alice-idbob-id&count=2";
     let admin_h = "-H 'X-User-Id: admin-id' -H 'X-Auth-Token: admin-token'";
     let alice_h = "-H 'X-User-Id: alice-id' -H 'X-Auth-Token: alice-token'";
+    let ops_h = "-H 'X-User-Id: ops-id' -H 'X-Auth-Token: ops-token'";
     println!(
         r#"rocketchat-shim demo
-  stand-in Rocket.Chat: {up}   (users: admin/admin-token, alice/alice-token; DM room alice-idbob-id)
+  stand-in Rocket.Chat: {up}   (users: admin/admin-token, ops/ops-token, alice/alice-token; DM room alice-idbob-id)
   shim:                 {shim}
   shim, endpoint off:   {shim_off}
   admin:                {admin}   (/livez, /readyz, /metrics)
@@ -74,9 +85,11 @@ curl -si -g {admin_h} '{shim}/api/v1/im.messages.others?roomId[$ne]=x'
 curl -si {admin_h} '{shim}/api/v1/im.messages.others?roomId=alice-idbob-id&count=-100000'
 curl -si {admin_h} '{shim}/api/v1/IM.MESSAGES.OTHERS/?roomId=alice-idbob-id&query=%7B%22%24where%22%3A%221%22%7D'
 
-# 429: the per-user budget is 5 a minute; once the commands above and this loop have spent it,
-# the rest are refused with Rocket.Chat's body, X-RateLimit-* and Retry-After
-for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' -H 'Cache-Control: no-cache' {admin_h} '{shim}{ep}'; done; echo
+# 429: the per-user budget is 5 a minute. A second administrator, ops, whose budget nothing
+# above has touched: 5 answers are allowed, then the rest are refused with Rocket.Chat's body,
+# X-RateLimit-* and Retry-After (prints 200 200 200 200 200 429 429 429; run it again within
+# the minute and every one is a 429)
+for i in 1 2 3 4 5 6 7 8; do curl -s -o /dev/null -w '%{{http_code}} ' -H 'Cache-Control: no-cache' {ops_h} '{shim}{ep}'; done; echo
 
 # 400: the endpoint disabled by policy (a second shim, {shim_off}, runs the shipped default
 # policy.dm_history_endpoint = "disabled"): Rocket.Chat's own error-endpoint-disabled

@@ -18,6 +18,7 @@ pub mod fuzzing;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
+pub mod read_cap;
 pub mod respond;
 pub mod route;
 pub mod router_models;

@@ -2,7 +2,7 @@
 //! Prometheus text format (version 0.0.4) by the admin listener's `/metrics`.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +39,11 @@ const STATUS_SPAN: usize = 500;
 const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
-const UPSTREAM_ERROR_KINDS: [&str; 5] = ["connect", "timeout", "protocol", "reset", "request"];
+const UPSTREAM_ERROR_KINDS: [&str; 6] = [
+    "connect", "timeout", "protocol", "reset", "request",
+    // Every `upstream.max_connections` connection stayed busy for `connect_timeout` (503).
+    "busy",
+];
 
 struct Histogram {
     buckets: [AtomicU64; BUCKETS.len()],
@@ -116,6 +120,8 @@ struct Inner {
     /// Failed `accept` calls on either listener (out of descriptors, mostly).
     accept_errors: AtomicU64,
     redis_latency: Histogram,
+    /// Whether the rate limits run on Redis: only then is the Redis histogram listed.
+    redis_backend: AtomicBool,
     counters: Counters,
     /// Gauges read at render time from their owners (cache size, rate-limit keys, ...).
     gauges: std::sync::Mutex<Vec<(&'static str, &'static str, GaugeFn)>>,
@@ -156,6 +162,7 @@ impl Metrics {
             open_tunnels: AtomicI64::new(0),
             accept_errors: AtomicU64::new(0),
             redis_latency: Histogram::new(),
+            redis_backend: AtomicBool::new(false),
             counters: Counters::default(),
             gauges: std::sync::Mutex::new(Vec::new()),
         }))
@@ -173,12 +180,19 @@ impl Metrics {
         self.0.latency[class as usize].observe(elapsed);
     }
 
+    /// Says whether the rate limits of the current configuration run on Redis (the Redis
+    /// latency histogram is listed only then).
+    pub fn set_redis_backend(&self, on: bool) {
+        self.0.redis_backend.store(on, Ordering::Relaxed);
+    }
+
     /// Times one Redis rate-limit call.
     pub fn observe_redis(&self, d: Duration) {
         self.0.redis_latency.observe(d);
     }
 
-    /// Counts an upstream failure by kind (`connect`, `timeout`, `protocol`, `reset`, `request`).
+    /// Counts an upstream failure by kind (`connect`, `timeout`, `protocol`, `reset`, `request`,
+    /// `busy`).
     pub fn upstream_error(&self, kind: &str) {
         if let Some(i) = UPSTREAM_ERROR_KINDS.iter().position(|k| *k == kind) {
             self.0.upstream_errors[i].fetch_add(1, Ordering::Relaxed);
@@ -274,12 +288,14 @@ impl Metrics {
                 &format!("route=\"{}\"", class.as_str()),
             );
         }
-        out.push_str("# HELP rcshim_ratelimit_redis_duration_seconds Redis rate-limit call latency.\n# TYPE rcshim_ratelimit_redis_duration_seconds histogram\n");
-        i.redis_latency.render(
-            &mut out,
-            "rcshim_ratelimit_redis_duration_seconds",
-            "backend=\"redis\"",
-        );
+        if i.redis_backend.load(Ordering::Relaxed) {
+            out.push_str("# HELP rcshim_ratelimit_redis_duration_seconds Redis rate-limit call latency.\n# TYPE rcshim_ratelimit_redis_duration_seconds histogram\n");
+            i.redis_latency.render(
+                &mut out,
+                "rcshim_ratelimit_redis_duration_seconds",
+                "backend=\"redis\"",
+            );
+        }
         out.push_str("# HELP rcshim_upstream_errors_total Upstream failures, by kind.\n# TYPE rcshim_upstream_errors_total counter\n");
         for (k, kind) in UPSTREAM_ERROR_KINDS.iter().enumerate() {
             let _ = writeln!(

@@ -29,9 +29,13 @@ pub enum LookupError {
 }
 
 impl LookupError {
-    /// The fail-closed answer: 504 on a timeout, 502 otherwise.
+    /// The fail-closed answer: 504 on a timeout, 503 when every upstream connection stayed
+    /// busy, 502 otherwise.
     pub fn to_api_error(&self) -> ApiError {
         match self {
+            LookupError::Upstream(_, "busy") => {
+                ApiError::service_unavailable("The upstream is busy")
+            }
             LookupError::Upstream(_, "timeout") => ApiError::gateway_timeout(
                 "The upstream server did not answer in time; access cannot be checked",
             ),

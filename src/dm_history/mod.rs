@@ -285,7 +285,10 @@ impl DmHistory {
         }
     }
 
-    /// The guarded related endpoints: identity, permission and setting, then pass-through.
+    /// The guarded related endpoints: per-IP budget (before identity, so made-up tokens cannot
+    /// flood the upstream's `/me`), identity, permission and setting, then pass-through.
+    /// `req`'s hop-by-hop headers are already gone, so the credential checked is the one that
+    /// will be forwarded.
     async fn guard_check(
         &self,
         req: &Request<Incoming>,
@@ -294,6 +297,7 @@ impl DmHistory {
     ) -> Result<(), ApiError> {
         let style = self.config.policy.error_style;
         let raw = RawQuery::parse(req.uri().query())?;
+        self.spend(self.limits.check_ip(ctx.client_ip).await?, facts)?;
         let cred = Credential::from_request(req.headers(), raw.access_token()?)
             .ok_or_else(|| ApiError::not_logged_in(style))?;
         let identity = self.identify(&cred, ctx).await?;
@@ -466,10 +470,14 @@ pub async fn handle(
 pub async fn guard(
     app: &AppState,
     gen: &Generation,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     ctx: &RequestCtx,
 ) -> Response<ProxyBody> {
     let mut facts = Facts::new();
+    // Check what will be forwarded: a header that `Connection` names is stripped on the way
+    // upstream, so it must not be the credential the check reads (these are plain API calls,
+    // never upgrades, so nothing is lost by stripping before `forward` does it again).
+    headers::strip_hop_by_hop(req.headers_mut());
     let mut resp = match gen.dm.guard_check(&req, ctx, &mut facts).await {
         Ok(()) => proxy::forward(app, &gen.upstream, req, ctx).await,
         Err(e) => respond::error(&e),

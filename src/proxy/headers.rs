@@ -27,31 +27,47 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// `Transfer-Encoding`, `Upgrade`). "A proxy or gateway MUST parse a received Connection
 /// header field before a message is forwarded and, for each connection-option in this field,
 /// remove any header or trailer field(s) from the message with the same name."
+///
+/// Every other header keeps its place and all its values: `HeaderMap::remove` would move the
+/// map's last entry into the gap (`X-A, Connection, X-B, X-C, X-D` would leave as
+/// `x-a, x-d, x-b, x-c`), so when anything is to go the map is rebuilt in order instead.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Fast path: most requests carry no `Connection` header at all.
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-        headers.remove(header::CONNECTION);
-    }
-    for name in [
+    const FIXED: [&HeaderName; 6] = [
         &KEEP_ALIVE,
         &PROXY_CONNECTION,
         &header::TE,
         &header::TRAILER,
         &header::TRANSFER_ENCODING,
         &header::UPGRADE,
-    ] {
-        if headers.contains_key(name) {
-            headers.remove(name);
+    ];
+    // Fast path: most messages carry none of them.
+    let has_connection = headers.contains_key(header::CONNECTION);
+    if !has_connection && !FIXED.iter().any(|n| headers.contains_key(*n)) {
+        return;
+    }
+    let named: Vec<HeaderName> = if has_connection {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let old = std::mem::take(headers);
+    headers.reserve(old.len());
+    // `into_iter` yields each name once, followed by its further values with `None`.
+    let mut keep = false;
+    let mut current: Option<HeaderName> = None;
+    for (name, value) in old {
+        if let Some(name) = name {
+            keep = name != header::CONNECTION && !FIXED.contains(&&name) && !named.contains(&name);
+            current = Some(name);
+        }
+        if let (true, Some(name)) = (keep, &current) {
+            headers.append(name.clone(), value);
         }
     }
 }
@@ -250,6 +266,37 @@ mod tests {
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["set-cookie"]);
         assert_eq!(h.get_all("set-cookie").iter().count(), 2);
+    }
+
+    #[test]
+    fn stripping_keeps_the_order_and_every_value() {
+        let mut h = map(&[
+            ("x-a", "1"),
+            ("connection", "keep-alive, X-Hop"),
+            ("x-b", "2"),
+            ("x-hop", "h"),
+            ("set-cookie", "a=1"),
+            ("x-c", "3"),
+            ("set-cookie", "b=2"),
+            ("te", "trailers"),
+            ("x-d", "4"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let pairs: Vec<_> = h
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.to_str().expect("ascii")))
+            .collect();
+        assert_eq!(
+            pairs,
+            vec![
+                ("x-a", "1"),
+                ("x-b", "2"),
+                ("set-cookie", "a=1"),
+                ("set-cookie", "b=2"),
+                ("x-c", "3"),
+                ("x-d", "4"),
+            ]
+        );
     }
 
     #[test]

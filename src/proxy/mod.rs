@@ -189,6 +189,7 @@ pub fn upstream_error_body(e: &UpstreamError) -> ApiError {
         UpstreamError::Timeout(_) => {
             ApiError::gateway_timeout("The upstream server did not answer in time")
         }
+        UpstreamError::Busy(_) => ApiError::service_unavailable("The upstream is busy"),
         UpstreamError::Connect(_) => {
             ApiError::bad_gateway("The upstream server could not be reached")
         }

@@ -203,6 +203,7 @@ impl RateLimits {
         } else {
             None
         };
+        metrics.set_redis_backend(redis.is_some());
         let (per_ip, per_user) = if cfg.enabled {
             (
                 Some(LocalBudget::new(cfg.per_ip, Which::PerIp)),

@@ -31,6 +31,7 @@ use crate::config::Config;
 use crate::dm_history::{self, errors::ApiError, DmHistory};
 use crate::metrics::{Metrics, RouteClass};
 use crate::proxy::{self, headers, Upstream};
+use crate::read_cap::ReadCap;
 use crate::respond;
 use crate::route::{self, Route};
 use crate::state::{AppState, Generation, LogFacts, RequestCtx};
@@ -89,7 +90,7 @@ pub fn build_generation(
 ) -> Result<Generation, String> {
     let upstream = match previous {
         Some(p) if p.config.upstream == config.upstream => p.upstream.clone(),
-        _ => Upstream::new(&config.upstream)?,
+        _ => Upstream::new_after(&config.upstream, previous.map(|p| &p.upstream))?,
     };
     let config = Arc::new(config);
     let dm = Arc::new(DmHistory::new(
@@ -165,6 +166,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })
 }
 
+/// HTTP/2 per-stream buffer toward a slow reader and receive window (see `builder`).
+const H2_STREAM_BUF: usize = 128 * 1024;
+
 fn builder(config: &Config) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     let max_head = config.server.max_header_bytes as usize;
@@ -174,10 +178,16 @@ fn builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .keep_alive(true)
         // Heads above max_header_bytes get the shim's own JSON 431 (see `check_head`); hyper's
         // buffer is larger so that it only cuts grossly oversized heads itself (bare 431).
+        // It does not size what a slow peer holds: reads are capped (`read_cap`) and bodies go
+        // on in small pieces (`body`), so the write queue's 16 entries bound it.
         .max_buf_size((max_head * 2).max(400 * 1024));
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(max_head.min(u32::MAX as usize) as u32)
+        // Per stream, what the shim buffers toward a slow reader and what a client may send
+        // before the shim has passed it on (hyper's defaults: 400 KiB and 1 MiB).
+        .max_send_buf_size(H2_STREAM_BUF)
+        .initial_stream_window_size(H2_STREAM_BUF as u32)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     b
 }
@@ -271,7 +281,7 @@ async fn serve(listener: TcpListener, app: Arc<AppState>, shutdown: Cancellation
         // The slot lives as long as the connection task or a tunnel born from it.
         let slot = ConnSlot::new(permit, &app.metrics);
         let flags = Arc::new(ConnFlags::new(head_timeout, idle_timeout));
-        let io = TokioIo::new(Sniffer::new(stream, flags.clone()));
+        let io = TokioIo::new(Sniffer::new(ReadCap::new(stream), flags.clone()));
         let conn_app = app.clone();
         let svc_flags = flags.clone();
         let svc_slot = slot.clone();
