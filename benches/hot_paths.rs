@@ -117,7 +117,7 @@ fn bench_params(c: &mut Criterion) {
         b.iter(|| {
             let raw = RawQuery::parse(black_box(Some(simple)))?;
             let q = CanonicalQuery::from_raw(&raw, &cfg)?;
-            Ok::<_, rocketchat_shim::dm_history::errors::ApiError>((
+            Ok::<_, rocketchat_shim::error::ApiError>((
                 q.to_query_string(),
                 q.cache_key(),
             ))

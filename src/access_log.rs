@@ -10,7 +10,7 @@ use std::time::Duration;
 use http::HeaderValue;
 
 use crate::metrics::RouteClass;
-use crate::state::LogFacts;
+use crate::request::AccessLogFacts;
 
 /// One finished request.
 pub struct Entry<'a> {
@@ -23,7 +23,7 @@ pub struct Entry<'a> {
     pub bytes: Option<u64>,
     pub duration: Duration,
     pub route: RouteClass,
-    pub facts: &'a LogFacts,
+    pub facts: &'a AccessLogFacts,
 }
 
 /// Whether access lines are written (`access` at info level passes the `RUST_LOG` filter).

@@ -23,7 +23,7 @@ use moka::notification::RemovalCause;
 use moka::sync::Cache;
 
 use crate::config::CacheConfig;
-use crate::dm_history::errors::ApiError;
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 
 /// Bytes counted for each entry beyond its body and key: moka's own bookkeeping (its hash

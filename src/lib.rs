@@ -14,11 +14,13 @@ pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod dm_history;
+pub mod error;
 pub mod fuzzing;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
 pub mod read_cap;
+pub mod request;
 pub mod respond;
 pub mod route;
 pub mod router_models;

@@ -1,13 +1,11 @@
-//! Shared state: what every request reads (the current configuration generation, metrics)
-//! and the per-request context.
+//! Process state: the current configuration generation (swapped on reload) and what lives as
+//! long as the process (metrics, open tunnels, the drain flag).
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use http::HeaderValue;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
@@ -39,22 +37,4 @@ impl AppState {
     pub fn generation(&self) -> Arc<Generation> {
         self.current.load_full()
     }
-}
-
-/// What the handler knows about one request before routing it.
-#[derive(Debug, Clone)]
-pub struct RequestCtx {
-    pub peer: SocketAddr,
-    /// The client's address by the `trusted_proxies` rule.
-    pub client_ip: IpAddr,
-    pub peer_trusted: bool,
-    pub request_id: HeaderValue,
-}
-
-/// Facts for the access log that only the endpoint pipeline knows, carried in the response's
-/// extensions.
-#[derive(Debug, Clone, Default)]
-pub struct LogFacts {
-    pub user_id: Option<String>,
-    pub cache: Option<&'static str>,
 }

@@ -15,7 +15,7 @@ use crate::dm_history::lookup::{self, LookupError};
 use crate::dm_history::policy::Identity;
 use crate::metrics::Metrics;
 use crate::proxy::Upstream;
-use crate::state::RequestCtx;
+use crate::request::RequestCtx;
 
 static X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
 static X_AUTH_TOKEN: HeaderName = HeaderName::from_static("x-auth-token");

@@ -9,10 +9,10 @@ use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
 
 use crate::body::ProxyBody;
-use crate::dm_history::errors::ApiError;
+use crate::error::ApiError;
 use crate::dm_history::identity::Credential;
 use crate::proxy::{headers, Upstream, UpstreamError};
-use crate::state::RequestCtx;
+use crate::request::RequestCtx;
 
 /// Largest lookup answer read (`permissions.listAll` is the big one: ~40 KB on a real server).
 const MAX_LOOKUP_BODY: usize = 4 * 1024 * 1024;

@@ -5,7 +5,6 @@
 //! configured order, per-user budget, parameters, cache, upstream. Each step is a call into
 //! its own module; every refusal is Rocket.Chat's own error body.
 
-pub mod errors;
 pub mod identity;
 pub mod lookup;
 pub mod params;
@@ -27,8 +26,9 @@ use crate::metrics::Metrics;
 use crate::proxy::{self, headers, Upstream};
 use crate::ratelimit::{Decision, RateLimits, Which};
 use crate::respond;
-use crate::state::{AppState, Generation, LogFacts, RequestCtx};
-use errors::ApiError;
+use crate::request::{AccessLogFacts, RequestCtx};
+use crate::state::{AppState, Generation};
+use crate::error::ApiError;
 use identity::{Credential, Identities, Verified};
 use params::{CanonicalQuery, RawQuery};
 use policy::{Check, Identity};
@@ -435,7 +435,7 @@ fn finish(mut resp: Response<ProxyBody>, facts: Facts, head: bool) -> Response<P
             }
         }
     }
-    resp.extensions_mut().insert(LogFacts {
+    resp.extensions_mut().insert(AccessLogFacts {
         user_id: facts.user_id,
         cache: Some(facts.cache.label()),
     });
@@ -482,7 +482,7 @@ pub async fn guard(
         Ok(()) => proxy::forward(app, &gen.upstream, req, ctx).await,
         Err(e) => respond::error(&e),
     };
-    resp.extensions_mut().insert(LogFacts {
+    resp.extensions_mut().insert(AccessLogFacts {
         user_id: facts.user_id,
         cache: None,
     });

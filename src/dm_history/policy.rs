@@ -3,7 +3,7 @@
 //! own error, in the order the configured `error_style` checks them (spec/shim.md §3).
 
 use crate::config::ErrorStyle;
-use crate::dm_history::errors::ApiError;
+use crate::error::ApiError;
 
 /// A verified caller.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use crate::dm_history::identity::Credential;
 use crate::dm_history::lookup::{self, LookupError};
 use crate::metrics::Metrics;
 use crate::proxy::Upstream;
-use crate::state::RequestCtx;
+use crate::request::RequestCtx;
 
 /// The setting's id.
 pub const SETTING_ID: &str = "API_Enable_Direct_Message_History_EndPoint";

@@ -13,10 +13,11 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
 use crate::body::ProxyBody;
-use crate::dm_history::errors::ApiError;
+use crate::error::ApiError;
 use crate::respond;
 use crate::server::clock::ConnSlot;
-use crate::state::{AppState, RequestCtx};
+use crate::request::RequestCtx;
+use crate::state::AppState;
 
 pub use client::{Upstream, UpstreamError};
 

@@ -16,7 +16,8 @@ use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
 
 use crate::server::clock::ConnSlot;
-use crate::state::{AppState, RequestCtx};
+use crate::request::RequestCtx;
+use crate::state::AppState;
 
 /// RFC 6455 section 1.3.
 const WS_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";

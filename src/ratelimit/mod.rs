@@ -27,7 +27,7 @@ pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-rateli
 pub static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 use crate::config::{Budget, OnFailure, RateLimitBackend, RateLimitConfig};
-use crate::dm_history::errors::ApiError;
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 
 pub mod redis;

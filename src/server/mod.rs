@@ -28,13 +28,15 @@ use tokio_util::task::TaskTracker;
 use crate::access_log;
 use crate::body::ProxyBody;
 use crate::config::Config;
-use crate::dm_history::{self, errors::ApiError, DmHistory};
+use crate::dm_history::{self, DmHistory};
+use crate::error::ApiError;
 use crate::metrics::{Metrics, RouteClass};
 use crate::proxy::{self, headers, Upstream};
 use crate::read_cap::ReadCap;
 use crate::respond;
 use crate::route::{self, Route};
-use crate::state::{AppState, Generation, LogFacts, RequestCtx};
+use crate::request::{AccessLogFacts, RequestCtx};
+use crate::state::{AppState, Generation};
 use clock::{AcceptBackoff, ConnSlot, Tracked};
 use sniff::{ConnFlags, Sniffer};
 
@@ -419,7 +421,7 @@ async fn handle(
     app.metrics.request(class, resp.status().as_u16(), elapsed);
     let facts = resp
         .extensions_mut()
-        .remove::<LogFacts>()
+        .remove::<AccessLogFacts>()
         .unwrap_or_default();
     if let Some((method, path)) = &logged {
         access_log::log(&access_log::Entry {

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use super::raw::shorten;
 use super::{MAX_JSON_KEYS, MAX_QUERY_DEPTH, MAX_REGEX_CHARS};
 use crate::config::is_field_path;
-use crate::dm_history::errors::ApiError;
+use crate::error::ApiError;
 
 /// Keys that could reach a JavaScript prototype on the upstream, refused in `query`/`fields`
 /// (Rocket.Chat's own `clean()` deletes them too).

@@ -26,7 +26,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::Value;
 
 use crate::config::{ParamsConfig, QueryAndFields};
-use crate::dm_history::errors::ApiError;
+use crate::error::ApiError;
 use filter::{fields, parse_object, query};
 use raw::shorten;
 pub use raw::RawQuery;

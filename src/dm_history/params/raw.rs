@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use percent_encoding::percent_decode_str;
 
 use super::{MAX_PAIRS, MAX_QUERY_BYTES};
-use crate::dm_history::errors::ApiError;
+use crate::error::ApiError;
 
 /// The parameters the endpoint knows; a bracketed spelling of any of them is refused.
 const KNOWN: [&str; 7] = [
