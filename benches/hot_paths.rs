@@ -15,7 +15,7 @@ use rocketchat_shim::cache::ResponseCache;
 use rocketchat_shim::config::{ErrorStyle, ParamsConfig};
 use rocketchat_shim::dm_history::params::{CanonicalQuery, RawQuery};
 use rocketchat_shim::dm_history::policy::{decide, Identity};
-use rocketchat_shim::proxy::headers::{client_ip, request_id, set_forwarding, strip_hop_by_hop};
+use rocketchat_shim::headers::{client_ip, request_id, set_forwarding, strip_hop_by_hop};
 use rocketchat_shim::route::{classify, normalize};
 
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -117,10 +117,7 @@ fn bench_params(c: &mut Criterion) {
         b.iter(|| {
             let raw = RawQuery::parse(black_box(Some(simple)))?;
             let q = CanonicalQuery::from_raw(&raw, &cfg)?;
-            Ok::<_, rocketchat_shim::error::ApiError>((
-                q.to_query_string(),
-                q.cache_key(),
-            ))
+            Ok::<_, rocketchat_shim::error::ApiError>((q.to_query_string(), q.cache_key()))
         })
     });
     g.finish();

@@ -23,9 +23,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::ProxyBody;
-use crate::server::clock::{AcceptBackoff, Tracked};
-use crate::server::drive;
-use crate::server::sniff::{ConnFlags, Sniffer};
+use crate::connection::clock::{AcceptBackoff, Tracked};
+use crate::connection::drive;
+use crate::connection::sniff::{ConnFlags, Sniffer};
 use crate::state::AppState;
 
 /// `/readyz` wants an upstream answer at least this recent (or a successful probe).

@@ -40,7 +40,7 @@ const GUARDED: [&str; 4] = [
 /// The path prefixes the route checks run with (`""` and a typical `upstream.path_prefix`).
 const PREFIXES: [&str; 2] = ["", "/chat"];
 
-/// Which endpoint name (if any) a normalised path is, with or without `prefix`.
+/// BudgetKind endpoint name (if any) a normalised path is, with or without `prefix`.
 fn endpoint_of<'a>(normalized: &str, prefix: &str, names: &[&'a str]) -> Option<&'a str> {
     let rest = normalized.strip_prefix("/api/v1/").or_else(|| {
         if prefix.is_empty() {
@@ -84,7 +84,7 @@ pub fn fuzz_check_route(data: &[u8]) {
             let guarded_name = endpoint_of(&decoded, prefix, &GUARDED)
                 .or_else(|| endpoint_of(&whatwg, prefix, &GUARDED));
             match class {
-                Route::DmHistory => assert!(
+                Route::Intercepted => assert!(
                     dm_name.is_some(),
                     "{raw:?} (prefix {prefix:?}) is DmHistory but normalises to {decoded:?} / {whatwg:?}"
                 ),
@@ -111,7 +111,7 @@ pub fn fuzz_check_route(data: &[u8]) {
                 }
             }
             if dm_name.is_some() {
-                assert_eq!(class, Route::DmHistory, "{raw:?} (prefix {prefix:?})");
+                assert_eq!(class, Route::Intercepted, "{raw:?} (prefix {prefix:?})");
             }
             check_against_router_models(raw, &routed, prefix, guard, class);
         }
@@ -211,7 +211,7 @@ pub fn check_against_router_models(
     };
     let fine = match (class, related(name)) {
         (Route::Passthrough, _) => false,
-        (Route::DmHistory | Route::Ambiguous, _) => true,
+        (Route::Intercepted | Route::Ambiguous, _) => true,
         (Route::Guarded(_), None) => false,
         (Route::Guarded(g), Some(want)) => g == want,
     };

@@ -11,11 +11,13 @@ pub mod admin;
 pub mod body;
 pub mod cache;
 pub mod config;
+pub mod connection;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod dm_history;
 pub mod error;
 pub mod fuzzing;
+pub mod headers;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
@@ -26,3 +28,4 @@ pub mod route;
 pub mod router_models;
 pub mod server;
 pub mod state;
+pub mod upstream;

@@ -27,9 +27,9 @@ use serde_json::Value;
 
 use rocketchat_shim::body::ProxyBody;
 use rocketchat_shim::config::{Config, DmHistoryEndpoint, ErrorStyle};
+use rocketchat_shim::dm_history::endpoint_setting::SETTING_ID;
 use rocketchat_shim::dm_history::lookup::read_body;
-use rocketchat_shim::dm_history::roles::SETTING_ID;
-use rocketchat_shim::proxy::Upstream;
+use rocketchat_shim::upstream::Upstream;
 
 /// Largest answer read from `/api/info` or the setting (real ones are a few hundred bytes).
 const MAX_ANSWER: usize = 1024 * 1024;

@@ -35,13 +35,14 @@ use std::borrow::Cow;
 
 use unicode_normalization::UnicodeNormalization;
 
-/// Which road a request takes.
+/// BudgetKind road a request takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     /// Anything else: forwarded untouched.
     Passthrough,
-    /// `im.messages.others` or `dm.messages.others`.
-    DmHistory,
+    /// `im.messages.others` or `dm.messages.others`: the endpoint the shim answers itself
+    /// (the `intercepted` route class in metrics and the access log).
+    Intercepted,
     /// `im.list.everyone`, `dm.list.everyone`, `im.counters`, `dm.counters` (only when
     /// `policy.guard_related_endpoints` is true).
     Guarded(Guarded),
@@ -65,8 +66,8 @@ const API_V1: &str = "/api/v1/";
 
 /// Endpoint names (the last segment) and where they route, in the order they are tried.
 const ENDPOINTS: [(&str, Route); 6] = [
-    ("im.messages.others", Route::DmHistory),
-    ("dm.messages.others", Route::DmHistory),
+    ("im.messages.others", Route::Intercepted),
+    ("dm.messages.others", Route::Intercepted),
     ("im.list.everyone", Route::Guarded(Guarded::ListEveryone)),
     ("dm.list.everyone", Route::Guarded(Guarded::ListEveryone)),
     ("im.counters", Route::Guarded(Guarded::Counters)),
@@ -80,7 +81,7 @@ const ENDPOINTS: [(&str, Route); 6] = [
 ///
 /// 1. No guarded name occurs as a word in the widest view of the path ([`guarded_names`]):
 ///    [`Route::Passthrough`]. No router can route it to a guarded endpoint.
-/// 2. `im.`/`dm.messages.others` occurs: [`Route::DmHistory`] when the decoded or the WHATWG
+/// 2. `im.`/`dm.messages.others` occurs: [`Route::Intercepted`] when the decoded or the WHATWG
 ///    reading is `/api/v1/<name>` or `<prefix>/api/v1/<name>`, else [`Route::Ambiguous`].
 /// 3. Only related names occur: [`Route::Guarded`] when a reading names one of them and no
 ///    other related name occurs (the request goes upstream as it came, so the upstream must
@@ -115,7 +116,7 @@ pub fn classify(raw_path: &str, path_prefix: &str, guard_related: bool) -> Route
         guard_related,
     ));
     if read.dm_history {
-        Route::DmHistory
+        Route::Intercepted
     } else if named.dm_history {
         Route::Ambiguous
     } else {
@@ -127,7 +128,7 @@ pub fn classify(raw_path: &str, path_prefix: &str, guard_related: bool) -> Route
     }
 }
 
-/// Which guarded endpoints a path names (as words of its widest view, or in a reading).
+/// BudgetKind guarded endpoints a path names (as words of its widest view, or in a reading).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Names {
     pub dm_history: bool,
@@ -143,7 +144,7 @@ impl Names {
 
     fn add(&mut self, route: Route) {
         match route {
-            Route::DmHistory => self.dm_history = true,
+            Route::Intercepted => self.dm_history = true,
             Route::Guarded(Guarded::ListEveryone) => self.list_everyone = true,
             Route::Guarded(Guarded::Counters) => self.counters = true,
             Route::Passthrough | Route::Ambiguous => {}
@@ -171,7 +172,8 @@ pub fn guarded_names(raw_path: &str, guard_related: bool) -> Names {
             return names;
         };
         for (name, route) in ENDPOINTS {
-            if (route == Route::DmHistory || guard_related) && names_word_after_api_v1(&view, name)
+            if (route == Route::Intercepted || guard_related)
+                && names_word_after_api_v1(&view, name)
             {
                 names.add(route);
             }
@@ -410,7 +412,7 @@ fn contains_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> bool {
         .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
-/// Which endpoint a normalised path names, with or without the normalised `prefix`.
+/// BudgetKind endpoint a normalised path names, with or without the normalised `prefix`.
 fn match_endpoint(normalized: &str, prefix: &str, guard_related: bool) -> Route {
     let rest = match normalized.strip_prefix(API_V1) {
         Some(rest) => rest,
@@ -424,7 +426,7 @@ fn match_endpoint(normalized: &str, prefix: &str, guard_related: bool) -> Route 
         },
     };
     for (name, route) in ENDPOINTS {
-        if rest == name && (route == Route::DmHistory || guard_related) {
+        if rest == name && (route == Route::Intercepted || guard_related) {
             return route;
         }
     }
@@ -584,7 +586,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const DM: Route = Route::DmHistory;
+    const DM: Route = Route::Intercepted;
     const PASS: Route = Route::Passthrough;
     const LIST: Route = Route::Guarded(Guarded::ListEveryone);
     const COUNTERS: Route = Route::Guarded(Guarded::Counters);
@@ -861,10 +863,10 @@ mod tests {
 
         #[test]
         fn decorated_endpoint_is_always_intercepted(p in arb_decorated(), guard in any::<bool>()) {
-            prop_assert_eq!(classify(&p, "", guard), Route::DmHistory, "{:?} -> {:?}", p, normalize(&p));
-            prop_assert_eq!(classify(&p, "/chat", guard), Route::DmHistory);
+            prop_assert_eq!(classify(&p, "", guard), Route::Intercepted, "{:?} -> {:?}", p, normalize(&p));
+            prop_assert_eq!(classify(&p, "/chat", guard), Route::Intercepted);
             let prefixed = format!("/ChAt{p}");
-            prop_assert_eq!(classify(&prefixed, "/chat", guard), Route::DmHistory);
+            prop_assert_eq!(classify(&prefixed, "/chat", guard), Route::Intercepted);
         }
 
         #[test]
@@ -875,10 +877,10 @@ mod tests {
                 names.iter().any(|name| n == *name || (with_prefix && n.strip_prefix("/chat") == Some(name)))
             };
             let expected = is_dm(&normalize(&p)) || is_dm(&normalize_whatwg(&p));
-            prop_assert_eq!(classify(&p, prefix, guard) == Route::DmHistory, expected);
+            prop_assert_eq!(classify(&p, prefix, guard) == Route::Intercepted, expected);
             let pp = format!("/api/v1/{p}");
             let expected = is_dm(&normalize(&pp)) || is_dm(&normalize_whatwg(&pp));
-            prop_assert_eq!(classify(&pp, prefix, guard) == Route::DmHistory, expected);
+            prop_assert_eq!(classify(&pp, prefix, guard) == Route::Intercepted, expected);
         }
 
         #[test]

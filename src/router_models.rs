@@ -336,7 +336,7 @@ pub const GUARDED_NAMES: [(&str, bool); 6] = [
     ("dm.counters", true),
 ];
 
-/// Which guarded name (if any) routed `segments` are: `api`, `v1`, the name, optionally after
+/// BudgetKind guarded name (if any) routed `segments` are: `api`, `v1`, the name, optionally after
 /// the segments of `prefix`, empty segments ignored, letters compared case-insensitively
 /// (both JavaScript's upper-case canonicalisation and Unicode lower-casing).
 pub fn guarded_name(segments: &[String], prefix: &str) -> Option<&'static str> {

@@ -11,14 +11,15 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::dm_history::DmHistory;
 use crate::metrics::Metrics;
-use crate::proxy::Upstream;
+use crate::upstream::Upstream;
 
 /// Everything derived from one configuration. A reload builds a new one and swaps it in;
 /// requests already running keep the one they started with.
 pub struct Generation {
     pub config: Arc<Config>,
     pub upstream: Upstream,
-    pub dm: Arc<DmHistory>,
+    /// The intercepted endpoint's state (policy inputs, cache, budgets).
+    pub endpoint: Arc<DmHistory>,
 }
 
 /// Process-wide state.

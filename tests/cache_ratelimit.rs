@@ -213,7 +213,7 @@ async fn max_bytes_bounds_the_cache() {
         .shim
         .app
         .generation()
-        .dm
+        .endpoint
         .cache()
         .expect("cache on")
         .clone();

@@ -72,7 +72,7 @@ fn known_spellings_are_classified_and_binary_input_is_handled() {
     ] {
         assert_eq!(
             rocketchat_shim::route::classify(raw, "", false),
-            rocketchat_shim::route::Route::DmHistory,
+            rocketchat_shim::route::Route::Intercepted,
             "{raw}"
         );
     }

@@ -4,15 +4,14 @@
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Request, StatusCode};
+use http::StatusCode;
 use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
 
-use crate::body::ProxyBody;
+use crate::dm_history::credential::Credential;
 use crate::error::ApiError;
-use crate::dm_history::identity::Credential;
-use crate::proxy::{headers, Upstream, UpstreamError};
 use crate::request::RequestCtx;
+use crate::upstream::{request, Upstream, UpstreamError};
 
 /// Largest lookup answer read (`permissions.listAll` is the big one: ~40 KB on a real server).
 const MAX_LOOKUP_BODY: usize = 4 * 1024 * 1024;
@@ -21,7 +20,7 @@ const MAX_LOOKUP_BODY: usize = 4 * 1024 * 1024;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LookupError {
     #[error("{0}")]
-    Upstream(String, &'static str),
+    Upstream(UpstreamError),
     #[error("the upstream answered {0} to {1}")]
     Status(StatusCode, &'static str),
     #[error("the upstream's answer to {0} is not what Rocket.Chat sends: {1}")]
@@ -33,10 +32,10 @@ impl LookupError {
     /// busy, 502 otherwise.
     pub fn to_api_error(&self) -> ApiError {
         match self {
-            LookupError::Upstream(_, "busy") => {
+            LookupError::Upstream(UpstreamError::Busy(_)) => {
                 ApiError::service_unavailable("The upstream is busy")
             }
-            LookupError::Upstream(_, "timeout") => ApiError::gateway_timeout(
+            LookupError::Upstream(UpstreamError::Timeout(_)) => ApiError::gateway_timeout(
                 "The upstream server did not answer in time; access cannot be checked",
             ),
             _ => ApiError::bad_gateway(
@@ -48,7 +47,7 @@ impl LookupError {
     /// The upstream error kind, for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
-            LookupError::Upstream(_, k) => k,
+            LookupError::Upstream(e) => e.kind(),
             _ => "protocol",
         }
     }
@@ -56,7 +55,7 @@ impl LookupError {
 
 impl From<UpstreamError> for LookupError {
     fn from(e: UpstreamError) -> Self {
-        LookupError::Upstream(e.to_string(), e.kind())
+        LookupError::Upstream(e)
     }
 }
 
@@ -71,20 +70,13 @@ pub async fn get_json(
     let mut target = format!("{}{}", upstream.path_prefix, path);
     let mut h = HeaderMap::new();
     cred.apply(&mut h, &mut target);
-    if let Ok(host) = HeaderValue::from_str(upstream.authority().as_str()) {
-        h.insert(header::HOST, host);
-    }
     h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-    headers::set_forwarding(&mut h, ctx.peer.ip(), ctx.client_ip, false, None);
-    h.insert(&headers::X_REQUEST_ID, ctx.request_id.clone());
-    let mut req = Request::new(ProxyBody::empty());
-    *req.uri_mut() = upstream.uri(&target)?;
-    *req.headers_mut() = h;
+    let req = request::own(upstream, &target, h, None, ctx)?;
     let resp = upstream.send(req).await?;
     let status = resp.status();
     let body = read_body(resp.into_body(), MAX_LOOKUP_BODY)
         .await
-        .map_err(|e| LookupError::Upstream(e, "reset"))?;
+        .map_err(|e| LookupError::Upstream(UpstreamError::Reset(e)))?;
     let value = if body.is_empty() {
         Value::Null
     } else {

@@ -1,44 +1,58 @@
 //! The intercepted direct-message history endpoint (`im.messages.others`, alias
-//! `dm.messages.others`) and the guarded related endpoints.
+//! `dm.messages.others`) and the checks of the guarded related endpoints.
 //!
-//! [`DmHistory::pipeline`] reads like spec/shim.md: per-IP budget, identity, policy in the
-//! configured order, per-user budget, parameters, cache, upstream. Each step is a call into
-//! its own module; every refusal is Rocket.Chat's own error body.
+//! [`DmHistory::pipeline`] is spec/shim.md §1-6 line by line, each step a call into its own
+//! module, every refusal Rocket.Chat's own body:
+//!
+//! 1. method (405 unless GET/HEAD) and query syntax (`params/raw.rs`): refused before anything
+//!    is spent, since they need no one's identity;
+//! 2. the per-IP budget (`ratelimit`), before identity, so made-up tokens cannot flood `/me`;
+//!    its 429, or with `rate_limit.backend = "redis"` and `on_failure = "deny"` the 503 of an
+//!    unreachable Redis, comes from there;
+//! 3. identity (`identity.rs`, `/me`, fail closed: 401, 502/504);
+//! 4. permission and setting in the order `policy.error_style` gives (`policy.rs`: modern
+//!    checks the permission first, legacy the setting), the inputs from `permission_roles.rs`
+//!    and `endpoint_setting.rs`;
+//! 5. the per-user budget;
+//! 6. the parameters, validated and canonical (`params/`);
+//! 7. the answer from the cache or the upstream (`answer.rs`).
+//!
+//! The guarded related endpoints run steps 1 (query syntax), 2, 3 and 4
+//! ([`DmHistory::check_guarded`]); the server's dispatcher then forwards them unchanged.
+//! Construction and what a reload keeps: `build.rs`.
 
+mod answer;
+mod build;
+pub mod credential;
+pub mod endpoint_setting;
 pub mod identity;
 pub mod lookup;
 pub mod params;
+pub mod permission_roles;
 pub mod policy;
-pub mod roles;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Instant;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
 use crate::body::ProxyBody;
-use crate::cache::{Fetched, Outcome, ResponseCache};
-use crate::config::{Config, DmHistoryEndpoint};
-use crate::metrics::Metrics;
-use crate::proxy::{self, headers, Upstream};
-use crate::ratelimit::{Decision, RateLimits, Which};
-use crate::respond;
-use crate::request::{AccessLogFacts, RequestCtx};
-use crate::state::{AppState, Generation};
+use crate::cache::{Outcome, ResponseCache};
+use crate::config::Config;
 use crate::error::ApiError;
-use identity::{Credential, Identities, Verified};
+use crate::headers;
+use crate::metrics::Metrics;
+use crate::ratelimit::{BudgetKind, Decision, RateLimits};
+use crate::request::{AccessLogFacts, RequestCtx};
+use crate::respond;
+use crate::upstream::Upstream;
+use credential::Credential;
+use endpoint_setting::EndpointSetting;
+use identity::{Identities, Verified};
 use params::{CanonicalQuery, RawQuery};
+use permission_roles::PermissionRoles;
 use policy::{Check, Identity};
-use roles::{Roles, Setting};
-
-/// The canonical upstream path, under `path_prefix`.
-const CANONICAL_PATH: &str = "/api/v1/im.messages.others";
-/// Largest endpoint answer the shim reads (count is capped, so real answers are far smaller).
-const MAX_ANSWER: usize = 32 * 1024 * 1024;
-static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// State of the endpoint for one configuration generation.
 pub struct DmHistory {
@@ -46,103 +60,13 @@ pub struct DmHistory {
     upstream: Upstream,
     metrics: Metrics,
     identities: Arc<Identities>,
-    roles: Arc<Roles>,
-    setting: Arc<Setting>,
+    roles: Arc<PermissionRoles>,
+    setting: Arc<EndpointSetting>,
     limits: Arc<RateLimits>,
     cache: Option<ResponseCache>,
 }
 
 impl DmHistory {
-    /// Builds the endpoint's state; parts whose settings did not change are taken over from
-    /// `previous` (a reload keeps the cache, the verified identities and the rate budgets).
-    pub fn new(
-        config: Arc<Config>,
-        upstream: Upstream,
-        metrics: Metrics,
-        previous: Option<&DmHistory>,
-    ) -> Result<Self, String> {
-        let same = |f: &dyn Fn(&Config) -> bool| previous.map(|p| f(&p.config)).unwrap_or(false);
-        let identities = match previous {
-            Some(p)
-                if same(&|c| {
-                    c.policy.identity_ttl == config.policy.identity_ttl
-                        && c.upstream == config.upstream
-                }) =>
-            {
-                p.identities.clone()
-            }
-            _ => Arc::new(Identities::new(config.policy.identity_ttl, metrics.clone())),
-        };
-        let service = match config.policy.dm_history_endpoint {
-            DmHistoryEndpoint::Upstream => {
-                let sa = config.upstream.service_account.as_ref().ok_or(
-                    "policy.dm_history_endpoint = \"upstream\" needs [upstream.service_account]",
-                )?;
-                let (user_id, token) = config.service_token().ok_or_else(|| {
-                    format!(
-                        "upstream.service_account.token_env: the environment variable {} is not set (policy.dm_history_endpoint = \"upstream\" needs the service account's token)",
-                        sa.token_env
-                    )
-                })?;
-                Some(Credential::Headers { user_id, token })
-            }
-            _ => config
-                .service_token()
-                .map(|(user_id, token)| Credential::Headers { user_id, token }),
-        };
-        let roles = Arc::new(Roles::new(&config.policy, service.clone(), metrics.clone()));
-        let setting = Arc::new(Setting::new(&config.policy, service, metrics.clone()));
-        let limits = match previous {
-            Some(p) if same(&|c| c.rate_limit == config.rate_limit) => p.limits.clone(),
-            _ => Arc::new(RateLimits::new(&config.rate_limit, metrics.clone())?),
-        };
-        let cache = if !config.cache.enabled {
-            None
-        } else {
-            match previous {
-                Some(p) if same(&|c| c.cache == config.cache) => p.cache.clone(),
-                _ => Some(ResponseCache::new(&config.cache, metrics.clone())),
-            }
-        };
-        if let Some(c) = &cache {
-            let (a, b) = (c.clone(), c.clone());
-            metrics.register_gauge(
-                "rcshim_cache_entries",
-                "Answers held in the cache.",
-                move || a.entry_count() as f64,
-            );
-            metrics.register_gauge(
-                "rcshim_cache_bytes",
-                "Bytes held in the cache (bodies plus per-entry overhead).",
-                move || b.weighted_size() as f64,
-            );
-        }
-        let l = Arc::downgrade(&limits);
-        metrics.register_gauge(
-            "rcshim_ratelimit_keys",
-            "Keys held by the local rate limiters.",
-            move || {
-                l.upgrade()
-                    .map(|l| {
-                        (l.per_ip.as_ref().map(|b| b.len()).unwrap_or(0)
-                            + l.per_user.as_ref().map(|b| b.len()).unwrap_or(0))
-                            as f64
-                    })
-                    .unwrap_or(0.0)
-            },
-        );
-        Ok(DmHistory {
-            config,
-            upstream,
-            metrics,
-            identities,
-            roles,
-            setting,
-            limits,
-            cache,
-        })
-    }
-
     /// The response cache, when on.
     pub fn cache(&self) -> Option<&ResponseCache> {
         self.cache.as_ref()
@@ -158,7 +82,7 @@ impl DmHistory {
         &self,
         req: &Request<Incoming>,
         ctx: &RequestCtx,
-        facts: &mut Facts,
+        facts: &mut EndpointFacts,
     ) -> Result<Response<ProxyBody>, ApiError> {
         let style = self.config.policy.error_style;
         if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -177,15 +101,15 @@ impl DmHistory {
     }
 
     /// Spends from a budget; a refusal is the 429.
-    fn spend(&self, decision: Option<Decision>, facts: &mut Facts) -> Result<(), ApiError> {
+    fn spend(&self, decision: Option<Decision>, facts: &mut EndpointFacts) -> Result<(), ApiError> {
         let Some(d) = decision else { return Ok(()) };
         if d.allowed {
             facts.rate = Some(d);
             return Ok(());
         }
         let counter = match d.which {
-            Which::PerIp => &self.metrics.counters().ratelimit_rejected_ip,
-            Which::PerUser => &self.metrics.counters().ratelimit_rejected_user,
+            BudgetKind::PerIp => &self.metrics.counters().ratelimit_rejected_ip,
+            BudgetKind::PerUser => &self.metrics.counters().ratelimit_rejected_user,
         };
         counter.fetch_add(1, Relaxed);
         Err(d.refusal())
@@ -210,79 +134,31 @@ impl DmHistory {
         }
     }
 
-    /// Steps 2 and 3: permission and setting, in the configured order.
+    /// Steps 2 and 3: permission and setting, in the order `error_style` gives
+    /// ([`policy::check_in_order`], the function the policy table's unit tests run); each
+    /// answer is looked up only when its check is reached, failing closed.
     async fn authorize(
         &self,
         identity: &Identity,
         cred: &Credential,
         ctx: &RequestCtx,
     ) -> Result<(), ApiError> {
-        let style = self.config.policy.error_style;
-        for check in policy::order(style) {
-            let pass = match check {
+        policy::check_in_order(self.config.policy.error_style, |check| async move {
+            match check {
                 Check::Permission => {
                     let roles = self.roles.get(&self.upstream, cred, ctx).await.map_err(|e| {
                         tracing::warn!(request_id = ?ctx.request_id, error = %e, "permission lookup failed; refusing");
                         e.to_api_error()
                     })?;
-                    policy::has_permission(identity, &roles)
+                    Ok(policy::has_permission(identity, &roles))
                 }
                 Check::Setting => self.setting.enabled(&self.upstream, ctx).await.map_err(|e| {
                     tracing::warn!(request_id = ?ctx.request_id, error = %e, "setting lookup failed; refusing");
                     e.to_api_error()
-                })?,
-            };
-            if !pass {
-                return Err(policy::refusal(check, style));
+                }),
             }
-        }
-        Ok(())
-    }
-
-    /// From the cache, or from the upstream (coalesced), with the caller's own credential.
-    async fn answer(
-        &self,
-        req: &Request<Incoming>,
-        identity: &Identity,
-        cred: &Credential,
-        query: &CanonicalQuery,
-        ctx: &RequestCtx,
-        facts: &mut Facts,
-    ) -> Result<Response<ProxyBody>, ApiError> {
-        // Built only when the upstream is really asked (a cache hit needs none of it).
-        let fetch = || {
-            let target = format!(
-                "{}{}?{}",
-                self.upstream.path_prefix,
-                CANONICAL_PATH,
-                query.to_query_string()
-            );
-            fetch(
-                self.upstream.clone(),
-                self.metrics.clone(),
-                target,
-                upstream_headers(req.headers(), cred),
-                ctx.clone(),
-            )
-        };
-        let Some(cache) = &self.cache else {
-            facts.cache = Outcome::Disabled;
-            return fetched_response(&fetch().await?);
-        };
-        let key = ResponseCache::key(&identity.user_id, &query.cache_key());
-        let refresh = wants_refresh(req.headers());
-        if !refresh {
-            if let Some((hit, ttl_left)) = cache.lookup(&key) {
-                facts.cache = Outcome::Hit { ttl_left };
-                return fetched_response(&hit);
-            }
-        }
-        let (result, outcome) = cache.fetch(key, refresh, fetch()).await;
-        facts.cache = outcome;
-        match result.as_ref() {
-            Ok(f) => fetched_response(f),
-            Err(e) => Err(e.clone()),
-        }
+        })
+        .await
     }
 
     /// The guarded related endpoints: per-IP budget (before identity, so made-up tokens cannot
@@ -293,7 +169,7 @@ impl DmHistory {
         &self,
         req: &Request<Incoming>,
         ctx: &RequestCtx,
-        facts: &mut Facts,
+        facts: &mut EndpointFacts,
     ) -> Result<(), ApiError> {
         let style = self.config.policy.error_style;
         let raw = RawQuery::parse(req.uri().query())?;
@@ -307,16 +183,16 @@ impl DmHistory {
 }
 
 /// What one request learned on its way through the pipeline.
-struct Facts {
+struct EndpointFacts {
     user_id: Option<String>,
     cache: Outcome,
     rate: Option<Decision>,
 }
 
-impl Facts {
+impl EndpointFacts {
     /// Nothing known yet; the cache not consulted.
     fn new() -> Self {
-        Facts {
+        EndpointFacts {
             user_id: None,
             cache: Outcome::Bypass,
             rate: None,
@@ -324,167 +200,46 @@ impl Facts {
     }
 }
 
-fn wants_refresh(h: &HeaderMap) -> bool {
-    h.get_all(header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|d| {
-            let d = d.trim();
-            d.eq_ignore_ascii_case("no-cache") || d.eq_ignore_ascii_case("max-age=0")
-        })
-        || h.get(header::PRAGMA)
-            .map(|v| v.as_bytes().eq_ignore_ascii_case(b"no-cache"))
-            .unwrap_or(false)
-}
-
-/// The headers of the upstream request: the caller's credential, the content negotiation
-/// headers, and the forwarding ones added by [`fetch`]. Nothing else of the client's.
-fn upstream_headers(client: &HeaderMap, cred: &Credential) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    for name in [header::ACCEPT_LANGUAGE, header::USER_AGENT] {
-        if let Some(v) = client.get(&name) {
-            h.insert(name, v.clone());
-        }
-    }
-    h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-    if let Some(host) = client.get(header::HOST) {
-        h.insert(header::HOST, host.clone());
-    }
-    // An access_token credential already travels in the canonical query.
-    if !matches!(cred, Credential::AccessToken(_)) {
-        let mut unused = String::new();
-        cred.apply(&mut h, &mut unused);
-    }
-    h
-}
-
-/// One upstream request for the endpoint; its answer read whole (bounded).
-async fn fetch(
-    upstream: Upstream,
-    metrics: Metrics,
-    target: String,
-    mut h: HeaderMap,
-    ctx: RequestCtx,
-) -> Result<Fetched, ApiError> {
-    let host = h.get(header::HOST).cloned();
-    headers::set_forwarding(
-        &mut h,
-        ctx.peer.ip(),
-        ctx.client_ip,
-        ctx.peer_trusted,
-        host.as_ref(),
-    );
-    if host.is_none() {
-        if let Ok(v) = HeaderValue::from_str(upstream.authority().as_str()) {
-            h.insert(header::HOST, v);
-        }
-    }
-    h.insert(&headers::X_REQUEST_ID, ctx.request_id.clone());
-    let mut req = Request::new(ProxyBody::empty());
-    *req.uri_mut() = upstream
-        .uri(&target)
-        .map_err(|e| ApiError::bad_gateway(&e.to_string()))?;
-    *req.headers_mut() = h;
-    let resp = upstream.send(req).await.map_err(|e| {
-        metrics.upstream_error(e.kind());
-        tracing::warn!(request_id = ?ctx.request_id, kind = e.kind(), error = %e, "upstream request for the endpoint failed");
-        proxy::upstream_error_body(&e)
-    })?;
-    let status = resp.status();
-    // Copies, not slices: header values and a body read in one chunk share the connection's
-    // read buffer (8 KiB and up), and a cached slice would pin that whole buffer for `ttl`
-    // (the soak run saw ~7 KiB of RSS per cached 300-byte answer; see `Fetched` below).
-    let content_type = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
-    let body = lookup::read_body(resp.into_body(), MAX_ANSWER).await.map_err(|e| {
-        metrics.upstream_error("reset");
-        tracing::warn!(request_id = ?ctx.request_id, error = %e, "reading the endpoint's answer failed");
-        ApiError::bad_gateway("The upstream server broke the connection")
-    })?;
-    Ok(Fetched {
-        status,
-        content_type,
-        // An exact-size copy (see above), so the cache's `max_bytes` is what it holds.
-        body: bytes::Bytes::copy_from_slice(&body),
-        at: Instant::now(),
-    })
-}
-
-/// An upstream (or cached) answer toward the client: its status and body unchanged.
-fn fetched_response(f: &Fetched) -> Result<Response<ProxyBody>, ApiError> {
-    let mut resp = respond::json(f.status, f.body.clone());
-    if let Some(ct) = &f.content_type {
-        resp.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
-    }
-    Ok(resp)
-}
-
-/// Decorates an answer of the endpoint: `Cache-Status`, the rate-limit headers of the budget
-/// that was spent last, `no-store`, and the facts for the access log.
-fn finish(mut resp: Response<ProxyBody>, facts: Facts, head: bool) -> Response<ProxyBody> {
-    let h = resp.headers_mut();
-    h.insert(&CACHE_STATUS, facts.cache.header());
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if !h.contains_key(&crate::ratelimit::X_RATELIMIT_LIMIT) {
-        if let Some(d) = facts.rate {
-            for (n, v) in d.headers() {
-                h.insert(n, v);
-            }
-        }
-    }
-    resp.extensions_mut().insert(AccessLogFacts {
-        user_id: facts.user_id,
-        cache: Some(facts.cache.label()),
-    });
-    if head {
-        // hyper sends no body for HEAD; keep the length the GET would have had.
-        let len = http_body::Body::size_hint(resp.body()).exact();
-        *resp.body_mut() = ProxyBody::empty();
-        if let Some(len) = len {
-            resp.headers_mut()
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-        }
-    }
-    resp
-}
-
 /// Answers the intercepted endpoint.
 pub async fn handle(
-    gen: &Generation,
+    endpoint: &DmHistory,
     req: Request<Incoming>,
     ctx: &RequestCtx,
 ) -> Response<ProxyBody> {
-    let mut facts = Facts::new();
+    let mut facts = EndpointFacts::new();
     let head = req.method() == Method::HEAD;
-    let resp = match gen.dm.pipeline(&req, ctx, &mut facts).await {
+    let resp = match endpoint.pipeline(&req, ctx, &mut facts).await {
         Ok(r) => r,
         Err(e) => respond::error(&e),
     };
-    finish(resp, facts, head)
+    answer::finish(resp, facts, head)
 }
 
-/// Answers a guarded related endpoint: the checks, then the upstream unchanged.
-pub async fn guard(
-    app: &AppState,
-    gen: &Generation,
-    mut req: Request<Incoming>,
-    ctx: &RequestCtx,
-) -> Response<ProxyBody> {
-    let mut facts = Facts::new();
-    // Check what will be forwarded: a header that `Connection` names is stripped on the way
-    // upstream, so it must not be the credential the check reads (these are plain API calls,
-    // never upgrades, so nothing is lost by stripping before `forward` does it again).
-    headers::strip_hop_by_hop(req.headers_mut());
-    let mut resp = match gen.dm.guard_check(&req, ctx, &mut facts).await {
-        Ok(()) => proxy::forward(app, &gen.upstream, req, ctx).await,
-        Err(e) => respond::error(&e),
-    };
-    resp.extensions_mut().insert(AccessLogFacts {
-        user_id: facts.user_id,
-        cache: None,
-    });
-    resp
+impl DmHistory {
+    /// The checks of a guarded related endpoint (see the module comment). On success, the
+    /// facts for the access log of the answer the dispatcher will forward; else the refusal.
+    /// The request's hop-by-hop headers are removed first: a header that `Connection` names is
+    /// stripped on the way upstream, so it must not be the credential checked (these are plain
+    /// API calls, never upgrades, so nothing is lost).
+    pub async fn check_guarded(
+        &self,
+        req: &mut Request<Incoming>,
+        ctx: &RequestCtx,
+    ) -> Result<AccessLogFacts, Response<ProxyBody>> {
+        headers::strip_hop_by_hop(req.headers_mut());
+        let mut facts = EndpointFacts::new();
+        let checked = self.guard_check(req, ctx, &mut facts).await;
+        let log = AccessLogFacts {
+            user_id: facts.user_id,
+            cache: None,
+        };
+        match checked {
+            Ok(()) => Ok(log),
+            Err(e) => {
+                let mut resp = respond::error(&e);
+                resp.extensions_mut().insert(log);
+                Err(resp)
+            }
+        }
+    }
 }

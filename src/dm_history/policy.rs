@@ -2,6 +2,10 @@
 //! hold the permission and whether the endpoint is enabled, allow or answer with Rocket.Chat's
 //! own error, in the order the configured `error_style` checks them (spec/shim.md §3).
 
+use std::future::Future;
+
+use futures_util::FutureExt;
+
 use crate::config::ErrorStyle;
 use crate::error::ApiError;
 
@@ -44,7 +48,24 @@ pub fn refusal(check: Check, style: ErrorStyle) -> ApiError {
     }
 }
 
-/// The whole decision, for callers that already know every input.
+/// Steps 2 and 3: the checks in the order `style` gives, stopping at the first that fails
+/// with its Rocket.Chat error. `passes` answers one check; it is async and may fail because
+/// answering can mean asking the upstream (the roles, the setting), and a check that is never
+/// reached is never asked. The endpoint's pipeline and [`decide`] both run this loop.
+pub async fn check_in_order<F, Fut>(style: ErrorStyle, mut passes: F) -> Result<(), ApiError>
+where
+    F: FnMut(Check) -> Fut,
+    Fut: Future<Output = Result<bool, ApiError>>,
+{
+    for check in order(style) {
+        if !passes(check).await? {
+            return Err(refusal(check, style));
+        }
+    }
+    Ok(())
+}
+
+/// The whole decision when every input is known: not logged in, then [`check_in_order`].
 pub fn decide(
     style: ErrorStyle,
     identity: Option<&Identity>,
@@ -52,16 +73,15 @@ pub fn decide(
     enabled: bool,
 ) -> Result<(), ApiError> {
     let identity = identity.ok_or_else(|| ApiError::not_logged_in(style))?;
-    for check in order(style) {
-        let pass = match check {
+    check_in_order(style, |check| {
+        std::future::ready(Ok(match check {
             Check::Permission => has_permission(identity, permitted_roles),
             Check::Setting => enabled,
-        };
-        if !pass {
-            return Err(refusal(check, style));
-        }
-    }
-    Ok(())
+        }))
+    })
+    .now_or_never()
+    // Ready futures always complete; fail closed all the same.
+    .unwrap_or_else(|| Err(refusal(Check::Permission, style)))
 }
 
 #[cfg(test)]

@@ -15,9 +15,11 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
 
-use crate::server::clock::ConnSlot;
+use tokio_util::task::TaskTracker;
+
+use crate::connection::clock::ConnSlot;
+use crate::metrics::Metrics;
 use crate::request::RequestCtx;
-use crate::state::AppState;
 
 /// RFC 6455 section 1.3.
 const WS_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -71,15 +73,16 @@ pub fn switch_allowed(asked: &HeaderValue, key: Option<&HeaderValue>, answer: &H
 /// Spawns the task that joins the client's and the upstream's upgraded connections. `slot`
 /// (the client connection's `max_connections` slot) is held until the tunnel ends.
 pub fn spawn_tunnel(
-    app: &AppState,
+    tunnels: &TaskTracker,
+    metrics: &Metrics,
     client: OnUpgrade,
     upstream: OnUpgrade,
     ctx: &RequestCtx,
     slot: Option<Arc<ConnSlot>>,
 ) {
-    let metrics = app.metrics.clone();
+    let metrics = metrics.clone();
     let request_id = ctx.request_id.clone();
-    app.tunnels.spawn(async move {
+    tunnels.spawn(async move {
         let _slot = slot;
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,

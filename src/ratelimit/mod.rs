@@ -33,9 +33,9 @@ use crate::metrics::Metrics;
 pub mod redis;
 use self::redis::RedisLimiter;
 
-/// Which budget decided.
+/// BudgetKind budget decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Which {
+pub enum BudgetKind {
     PerIp,
     PerUser,
 }
@@ -44,7 +44,7 @@ pub enum Which {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
     pub allowed: bool,
-    pub which: Which,
+    pub which: BudgetKind,
     /// `requests` of the budget.
     pub limit: u32,
     /// Requests left right now (0 when refused).
@@ -98,12 +98,12 @@ pub struct LocalBudget<K: Hash + Eq + Clone> {
     limiter: Arc<Limiter<K>>,
     limit: u32,
     interval: Duration,
-    which: Which,
+    which: BudgetKind,
 }
 
 impl<K: Hash + Eq + Clone + Send + Sync + 'static> LocalBudget<K> {
     /// `budget.requests` per `budget.per`, burst `requests`; idle keys swept every `sweep`.
-    pub fn new(budget: Budget, which: Which) -> Self {
+    pub fn new(budget: Budget, which: BudgetKind) -> Self {
         let limit = budget.requests.max(1);
         let interval = (budget.per / limit).max(Duration::from_nanos(1));
         let quota = Quota::with_period(interval)
@@ -206,8 +206,8 @@ impl RateLimits {
         metrics.set_redis_backend(redis.is_some());
         let (per_ip, per_user) = if cfg.enabled {
             (
-                Some(LocalBudget::new(cfg.per_ip, Which::PerIp)),
-                Some(LocalBudget::new(cfg.per_user, Which::PerUser)),
+                Some(LocalBudget::new(cfg.per_ip, BudgetKind::PerIp)),
+                Some(LocalBudget::new(cfg.per_user, BudgetKind::PerUser)),
             )
         } else {
             (None, None)
@@ -228,7 +228,7 @@ impl RateLimits {
         let Some(local) = &self.per_ip else {
             return Ok(None);
         };
-        self.decide(Which::PerIp, &ip.to_string(), self.budgets.0, || {
+        self.decide(BudgetKind::PerIp, &ip.to_string(), self.budgets.0, || {
             local.check(&ip)
         })
         .await
@@ -239,7 +239,7 @@ impl RateLimits {
         let Some(local) = &self.per_user else {
             return Ok(None);
         };
-        self.decide(Which::PerUser, user_id, self.budgets.1, || {
+        self.decide(BudgetKind::PerUser, user_id, self.budgets.1, || {
             local.check(&user_id.to_owned())
         })
         .await
@@ -247,7 +247,7 @@ impl RateLimits {
 
     async fn decide(
         &self,
-        which: Which,
+        which: BudgetKind,
         key: &str,
         budget: Budget,
         local: impl FnOnce() -> Decision,
@@ -284,7 +284,7 @@ mod tests {
                 requests: 3,
                 per: Duration::from_secs(60),
             },
-            Which::PerUser,
+            BudgetKind::PerUser,
         );
         let k = "u".to_string();
         let rem: Vec<u32> = (0..3).map(|_| b.check(&k).remaining).collect();
@@ -314,7 +314,7 @@ mod tests {
     fn reset_is_epoch_millis() {
         let d = Decision {
             allowed: false,
-            which: Which::PerIp,
+            which: BudgetKind::PerIp,
             limit: 1,
             remaining: 0,
             reset_after: Duration::from_millis(1500),

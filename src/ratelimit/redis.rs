@@ -16,7 +16,7 @@ use tokio::sync::OnceCell;
 
 use crate::config::{Budget, RedisConfig};
 use crate::metrics::Metrics;
-use crate::ratelimit::{Decision, Which};
+use crate::ratelimit::{BudgetKind, Decision};
 
 const GCRA: &str = include_str!("gcra.lua");
 
@@ -80,7 +80,7 @@ impl RedisLimiter {
     /// Spends one request of `budget` for `key` (already namespaced by budget) in Redis.
     pub async fn check(
         &self,
-        which: Which,
+        which: BudgetKind,
         key: &str,
         budget: Budget,
     ) -> Result<Decision, RedisFailure> {
@@ -116,7 +116,7 @@ impl RedisLimiter {
 
     async fn call(
         &self,
-        which: Which,
+        which: BudgetKind,
         key: &str,
         budget: Budget,
     ) -> Result<Decision, RedisFailure> {
@@ -124,8 +124,8 @@ impl RedisLimiter {
         let limit = budget.requests.max(1);
         let interval_us = (budget.per.as_micros() / u128::from(limit)).max(1) as u64;
         let tag = match which {
-            Which::PerIp => "ip:",
-            Which::PerUser => "user:",
+            BudgetKind::PerIp => "ip:",
+            BudgetKind::PerUser => "user:",
         };
         let full_key = format!("{}{}{}", self.prefix, tag, key);
         let (allowed, remaining, reset_us): (i64, i64, i64) = self

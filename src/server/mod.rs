@@ -2,9 +2,6 @@
 //! HTTP/2 cleartext with upgrades, enforce the head limits, route each request down one of
 //! the three roads, log and count it; drain gracefully; swap configurations on reload.
 
-pub mod clock;
-pub mod sniff;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -14,31 +11,27 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::header;
-use http::{Request, Response, Version};
+use http::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::access_log;
-use crate::body::ProxyBody;
+mod dispatch;
+
 use crate::config::Config;
-use crate::dm_history::{self, DmHistory};
-use crate::error::ApiError;
-use crate::metrics::{Metrics, RouteClass};
-use crate::proxy::{self, headers, Upstream};
+use crate::connection::clock::{AcceptBackoff, ConnSlot, Tracked};
+use crate::connection::drive;
+use crate::connection::sniff::{ConnFlags, Sniffer};
+use crate::dm_history::DmHistory;
+use crate::metrics::Metrics;
 use crate::read_cap::ReadCap;
-use crate::respond;
-use crate::route::{self, Route};
-use crate::request::{AccessLogFacts, RequestCtx};
 use crate::state::{AppState, Generation};
-use clock::{AcceptBackoff, ConnSlot, Tracked};
-use sniff::{ConnFlags, Sniffer};
+use crate::upstream::Upstream;
 
 /// Why the shim could not start.
 #[derive(Debug, thiserror::Error)]
@@ -95,16 +88,16 @@ pub fn build_generation(
         _ => Upstream::new_after(&config.upstream, previous.map(|p| &p.upstream))?,
     };
     let config = Arc::new(config);
-    let dm = Arc::new(DmHistory::new(
+    let endpoint = Arc::new(DmHistory::new(
         config.clone(),
         upstream.clone(),
         metrics.clone(),
-        previous.map(|p| p.dm.as_ref()),
+        previous.map(|p| p.endpoint.as_ref()),
     )?);
     Ok(Generation {
         config,
         upstream,
-        dm,
+        endpoint,
     })
 }
 
@@ -203,45 +196,6 @@ fn raise_nofile_limit() {
     }
 }
 
-/// Serves one accepted connection until it ends: on `shutdown`, a graceful shutdown; when its
-/// clock expires (no head in time, or an idle HTTP/2 connection), it is closed: HTTP/2 with
-/// a GOAWAY first (bounded to one second), HTTP/1.x at once (there is no request to finish).
-pub(crate) async fn drive<C>(
-    conn: C,
-    flags: &ConnFlags,
-    shutdown: &CancellationToken,
-    peer: SocketAddr,
-) where
-    C: GracefulConnection,
-    C::Error: std::fmt::Display,
-{
-    let mut conn = std::pin::pin!(conn);
-    let mut shutting_down = false;
-    loop {
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
-                }
-                return;
-            }
-            _ = shutdown.cancelled(), if !shutting_down => {
-                shutting_down = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = flags.clock.expired() => {
-                let h2 = flags.clock.is_h2();
-                tracing::debug!(%peer, h2, "client connection closed: no request head in time, or idle");
-                if h2 {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(1), conn.as_mut()).await;
-                }
-                return;
-            }
-        }
-    }
-}
-
 async fn serve(listener: TcpListener, app: Arc<AppState>, shutdown: CancellationToken) {
     let config = app.generation().config.clone();
     let builder = builder(&config);
@@ -296,7 +250,7 @@ async fn serve(listener: TcpListener, app: Arc<AppState>, shutdown: Cancellation
             let app = conn_app.clone();
             let flags = svc_flags.clone();
             async move {
-                let resp = handle(app, peer, flags, req).await;
+                let resp = dispatch::dispatch(app, peer, flags, req).await;
                 Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
             }
         });
@@ -321,126 +275,6 @@ async fn serve(listener: TcpListener, app: Arc<AppState>, shutdown: Cancellation
         Ok(()) => tracing::info!("drained"),
         Err(_) => tracing::warn!("shutdown_grace elapsed with requests or tunnels still open"),
     }
-}
-
-/// Refuses heads the upstream must never see: a `Content-Length` with a `Transfer-Encoding`
-/// (request smuggling), more than one `Host`, and heads over `max_header_bytes`.
-fn check_head(req: &Request<Incoming>, flags: &ConnFlags, config: &Config) -> Option<ApiError> {
-    if req.headers().contains_key(header::TRANSFER_ENCODING)
-        && (req.headers().contains_key(header::CONTENT_LENGTH)
-            || flags.cl_te_conflict.load(Ordering::Relaxed))
-    {
-        return Some(ApiError::bad_request(
-            "The request has both Content-Length and Transfer-Encoding",
-        ));
-    }
-    // RFC 9112 §3.2: more than one Host line is a 400 (proxies and servers may each pick a
-    // different one).
-    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
-        return Some(ApiError::bad_request(
-            "The request has more than one Host header",
-        ));
-    }
-    let mut size = req.method().as_str().len()
-        + req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().len())
-            .unwrap_or(1)
-        + 12;
-    for (name, value) in req.headers() {
-        size += name.as_str().len() + value.len() + 4;
-    }
-    if size as u64 > config.server.max_header_bytes {
-        return Some(ApiError::header_too_large());
-    }
-    None
-}
-
-async fn handle(
-    app: Arc<AppState>,
-    peer: SocketAddr,
-    flags: Arc<ConnFlags>,
-    req: Request<Incoming>,
-) -> Response<ProxyBody> {
-    let start = Instant::now();
-    let gen = app.generation();
-    let config = &gen.config;
-    let trusted = &config.server.trusted_proxies;
-    let ctx = RequestCtx {
-        peer,
-        client_ip: headers::client_ip(peer.ip(), req.headers(), trusted),
-        peer_trusted: headers::is_trusted(peer.ip(), trusted),
-        request_id: headers::request_id(req.headers()),
-    };
-    // The access log's copies of the method and path, only when that log is on (a hot path).
-    let logged = access_log::enabled().then(|| (req.method().clone(), req.uri().path().to_owned()));
-
-    let (class, mut resp) = if let Some(err) = check_head(&req, &flags, config) {
-        (RouteClass::Passthrough, respond::error(&err))
-    } else {
-        match route::classify(
-            req.uri().path(),
-            &config.upstream.path_prefix,
-            config.policy.guard_related_endpoints,
-        ) {
-            Route::Passthrough => {
-                let class = if req.version() == Version::HTTP_11
-                    && headers::upgrade_protocol(req.headers()).is_some()
-                {
-                    RouteClass::Websocket
-                } else {
-                    RouteClass::Passthrough
-                };
-                let resp = proxy::forward(&app, &gen.upstream, req, &ctx).await;
-                // Only a 101 that opened a tunnel (forward refuses any other) switches the
-                // smuggling guard off: the bytes that follow are the tunnel's, not requests.
-                if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                    flags.off.store(true, Ordering::Relaxed);
-                }
-                (class, resp)
-            }
-            Route::DmHistory => (
-                RouteClass::Intercepted,
-                dm_history::handle(&gen, req, &ctx).await,
-            ),
-            Route::Guarded(_) => (
-                RouteClass::Guarded,
-                dm_history::guard(&app, &gen, req, &ctx).await,
-            ),
-            // Answered by the shim, never forwarded: counted with the intercepted requests.
-            Route::Ambiguous => (
-                RouteClass::Intercepted,
-                respond::error(&ApiError::ambiguous_path()),
-            ),
-        }
-    };
-    resp.headers_mut()
-        .insert(&headers::X_REQUEST_ID, ctx.request_id.clone());
-    let elapsed = start.elapsed();
-    app.metrics.request(class, resp.status().as_u16(), elapsed);
-    let facts = resp
-        .extensions_mut()
-        .remove::<AccessLogFacts>()
-        .unwrap_or_default();
-    if let Some((method, path)) = &logged {
-        access_log::log(&access_log::Entry {
-            request_id: &ctx.request_id,
-            client: ctx.client_ip,
-            method: method.as_str(),
-            path,
-            status: resp.status().as_u16(),
-            bytes: resp
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok()),
-            duration: elapsed,
-            route: class,
-            facts: &facts,
-        });
-    }
-    resp
 }
 
 /// Re-reads the config file at `path` and applies it; logs and counts the outcome.

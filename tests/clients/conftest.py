@@ -1,4 +1,4 @@
-"""Which rocketchat_API this run drives, and the deselection of the other version's tests.
+"""BudgetKind rocketchat_API this run drives, and the deselection of the other version's tests.
 
 One venv holds one version of `rocketchat_API`, so scripts/test.sh runs this directory twice
 (`.venv/rc371` with RC_API_EXPECT=3.7.1, `.venv/rc300` with RC_API_EXPECT=3.0.0). Tests marked

@@ -1,8 +1,7 @@
-//! The two policy inputs that may come from the upstream: which roles hold the permission
-//! (`permissions.listAll`, cached for `permissions_ttl`) and whether the endpoint is enabled
-//! (the `API_Enable_Direct_Message_History_EndPoint` setting, read with the service account,
-//! cached for `setting_ttl`). Concurrent first reads share one upstream call; failures are not
-//! cached and make the caller fail closed.
+//! Which roles hold the permission: the configured list, or `permissions.listAll` from the
+//! upstream (with the service account when there is one, else the caller's credential),
+//! cached for `permissions_ttl`. Concurrent first reads share one upstream call; failures are
+//! not cached and make the caller fail closed.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -11,18 +10,15 @@ use http::StatusCode;
 use moka::future::Cache;
 use serde_json::Value;
 
-use crate::config::{DmHistoryEndpoint, PolicyConfig, RolesSource};
-use crate::dm_history::identity::Credential;
+use crate::config::{PolicyConfig, RolesSource};
+use crate::dm_history::credential::Credential;
 use crate::dm_history::lookup::{self, LookupError};
 use crate::metrics::Metrics;
-use crate::proxy::Upstream;
 use crate::request::RequestCtx;
-
-/// The setting's id.
-pub const SETTING_ID: &str = "API_Enable_Direct_Message_History_EndPoint";
+use crate::upstream::Upstream;
 
 /// Roles holding the permission.
-pub struct Roles {
+pub struct PermissionRoles {
     /// The configured list (`roles = [...]`), built once; `None` means "from the upstream".
     fixed: Option<Arc<Vec<String>>>,
     permission: String,
@@ -31,9 +27,9 @@ pub struct Roles {
     metrics: Metrics,
 }
 
-impl Roles {
+impl PermissionRoles {
     pub fn new(policy: &PolicyConfig, service: Option<Credential>, metrics: Metrics) -> Self {
-        Roles {
+        PermissionRoles {
             fixed: match &policy.roles {
                 RolesSource::List(l) => Some(Arc::new(l.clone())),
                 RolesSource::Upstream => None,
@@ -111,71 +107,6 @@ pub fn roles_of(body: &Value, permission: &str) -> Result<Vec<String>, LookupErr
                 .collect()
         })
         .unwrap_or_default())
-}
-
-/// Whether the endpoint is enabled.
-pub struct Setting {
-    mode: DmHistoryEndpoint,
-    service: Option<Credential>,
-    cache: Cache<(), bool>,
-    metrics: Metrics,
-}
-
-impl Setting {
-    pub fn new(policy: &PolicyConfig, service: Option<Credential>, metrics: Metrics) -> Self {
-        Setting {
-            mode: policy.dm_history_endpoint,
-            service,
-            cache: Cache::builder()
-                .max_capacity(1)
-                .time_to_live(policy.setting_ttl)
-                .build(),
-            metrics,
-        }
-    }
-
-    /// `enabled`/`disabled` decide locally; `upstream` reads the server's setting (anything
-    /// but boolean `true` is disabled, as in Rocket.Chat).
-    pub async fn enabled(
-        &self,
-        upstream: &Upstream,
-        ctx: &RequestCtx,
-    ) -> Result<bool, LookupError> {
-        match self.mode {
-            DmHistoryEndpoint::Enabled => return Ok(true),
-            DmHistoryEndpoint::Disabled => return Ok(false),
-            DmHistoryEndpoint::Upstream => {}
-        }
-        let Some(cred) = &self.service else {
-            return Err(LookupError::Shape(
-                "the setting",
-                "no service account is configured".into(),
-            ));
-        };
-        let r = self
-            .cache
-            .try_get_with((), async {
-                self.metrics
-                    .counters()
-                    .setting_upstream_calls
-                    .fetch_add(1, Relaxed);
-                let path = format!("/api/v1/settings/{SETTING_ID}");
-                let (status, body) =
-                    lookup::get_json(upstream, &path, "the setting", cred, ctx).await?;
-                if status != StatusCode::OK {
-                    return Err(LookupError::Status(status, "the setting"));
-                }
-                Ok(body.get("value") == Some(&Value::Bool(true)))
-            })
-            .await;
-        r.map_err(|e| {
-            self.metrics
-                .counters()
-                .setting_failures
-                .fetch_add(1, Relaxed);
-            e.as_ref().clone()
-        })
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,163 @@
+//! The dispatcher: every request on the client port, in named phases. Its context (the client
+//! address by `trusted_proxies`, the request id), the head checks the upstream must never be
+//! spared (CL+TE, two `Host`s, oversized heads), the road (`route::classify`): pass-through to
+//! the forwarder, the intercepted endpoint to `dm_history`, a guarded related endpoint checked
+//! by `dm_history` and then forwarded here, an ambiguous path refused; then the request id on
+//! every answer, the metrics and the access log.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header;
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+
+use crate::access_log;
+use crate::body::ProxyBody;
+use crate::config::Config;
+use crate::connection::sniff::ConnFlags;
+use crate::dm_history;
+use crate::error::ApiError;
+use crate::headers;
+use crate::metrics::RouteClass;
+use crate::proxy::Forwarder;
+use crate::request::{AccessLogFacts, RequestCtx};
+use crate::respond;
+use crate::route::{self, Route};
+use crate::state::AppState;
+
+/// Refuses heads the upstream must never see: a `Content-Length` with a `Transfer-Encoding`
+/// (request smuggling), more than one `Host`, and heads over `max_header_bytes`.
+fn check_head(req: &Request<Incoming>, flags: &ConnFlags, config: &Config) -> Option<ApiError> {
+    if req.headers().contains_key(header::TRANSFER_ENCODING)
+        && (req.headers().contains_key(header::CONTENT_LENGTH)
+            || flags.cl_te_conflict.load(Ordering::Relaxed))
+    {
+        return Some(ApiError::bad_request(
+            "The request has both Content-Length and Transfer-Encoding",
+        ));
+    }
+    // RFC 9112 §3.2: more than one Host line is a 400 (proxies and servers may each pick a
+    // different one).
+    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+        return Some(ApiError::bad_request(
+            "The request has more than one Host header",
+        ));
+    }
+    let mut size = req.method().as_str().len()
+        + req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().len())
+            .unwrap_or(1)
+        + 12;
+    for (name, value) in req.headers() {
+        size += name.as_str().len() + value.len() + 4;
+    }
+    if size as u64 > config.server.max_header_bytes {
+        return Some(ApiError::header_too_large());
+    }
+    None
+}
+
+pub(super) async fn dispatch(
+    app: Arc<AppState>,
+    peer: SocketAddr,
+    flags: Arc<ConnFlags>,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let gen = app.generation();
+    let config = &gen.config;
+    let trusted = &config.server.trusted_proxies;
+    let ctx = RequestCtx {
+        peer,
+        client_ip: headers::client_ip(peer.ip(), req.headers(), trusted),
+        peer_trusted: headers::is_trusted(peer.ip(), trusted),
+        request_id: headers::request_id(req.headers()),
+    };
+    // The access log's copies of the method and path, only when that log is on (a hot path).
+    let logged = access_log::enabled().then(|| (req.method().clone(), req.uri().path().to_owned()));
+
+    let forwarder = Forwarder {
+        upstream: &gen.upstream,
+        tunnels: &app.tunnels,
+        metrics: &app.metrics,
+    };
+    let (class, mut resp) = if let Some(err) = check_head(&req, &flags, config) {
+        (RouteClass::Passthrough, respond::error(&err))
+    } else {
+        match route::classify(
+            req.uri().path(),
+            &config.upstream.path_prefix,
+            config.policy.guard_related_endpoints,
+        ) {
+            Route::Passthrough => {
+                let class = if req.version() == Version::HTTP_11
+                    && headers::upgrade_protocol(req.headers()).is_some()
+                {
+                    RouteClass::Websocket
+                } else {
+                    RouteClass::Passthrough
+                };
+                let resp = forwarder.forward(req, &ctx).await;
+                // Only a 101 that opened a tunnel (forward refuses any other) switches the
+                // smuggling guard off: the bytes that follow are the tunnel's, not requests.
+                if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    flags.off.store(true, Ordering::Relaxed);
+                }
+                (class, resp)
+            }
+            Route::Intercepted => (
+                RouteClass::Intercepted,
+                dm_history::handle(&gen.endpoint, req, &ctx).await,
+            ),
+            // Checked by the endpoint, then forwarded as it came.
+            Route::Guarded(_) => {
+                let mut req = req;
+                let resp = match gen.endpoint.check_guarded(&mut req, &ctx).await {
+                    Ok(facts) => {
+                        let mut resp = forwarder.forward(req, &ctx).await;
+                        resp.extensions_mut().insert(facts);
+                        resp
+                    }
+                    Err(refusal) => refusal,
+                };
+                (RouteClass::Guarded, resp)
+            }
+            // Answered by the shim, never forwarded: counted with the intercepted requests.
+            Route::Ambiguous => (
+                RouteClass::Intercepted,
+                respond::error(&ApiError::ambiguous_path()),
+            ),
+        }
+    };
+    resp.headers_mut()
+        .insert(&headers::X_REQUEST_ID, ctx.request_id.clone());
+    let elapsed = start.elapsed();
+    app.metrics.request(class, resp.status().as_u16(), elapsed);
+    let facts = resp
+        .extensions_mut()
+        .remove::<AccessLogFacts>()
+        .unwrap_or_default();
+    if let Some((method, path)) = &logged {
+        access_log::log(&access_log::Entry {
+            request_id: &ctx.request_id,
+            client: ctx.client_ip,
+            method: method.as_str(),
+            path,
+            status: resp.status().as_u16(),
+            bytes: resp
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+            duration: elapsed,
+            route: class,
+            facts: &facts,
+        });
+    }
+    resp
+}

@@ -1,0 +1,204 @@
+//! The upstream connector: every upstream connection holds one permit of
+//! `upstream.max_connections` for its whole life (pooled, busy, or carrying a tunnel), so
+//! however many HTTP/2 streams clients open, the process holds at most that many; a request
+//! that finds none free waits up to `connect_timeout`, then fails [`Busy`] (a 503). And a
+//! connection whose request got no answer head is aborted at once, even when the request body
+//! is still blocked toward an upstream that does not read: its I/O fails, which ends hyper's
+//! connection task and frees the socket, the permit, and the client's body with it
+//! (spec/shim.md §7).
+
+use crate::read_cap::ReadCap;
+use futures_util::future::BoxFuture;
+use http::Uri;
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_util::client::legacy::connect::{
+    CaptureConnection, Connected, Connection, HttpConnector,
+};
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+/// The connector's error when every permit stayed taken for `connect_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("every upstream connection is busy")]
+pub(super) struct Busy;
+
+/// Aborts the connection a request went out on, when dropped before it is disarmed (set to
+/// `None` once the answer head arrived). Dropped armed: the response timeout fired, the
+/// request failed, or the handler's future was dropped because the client went away.
+pub(super) struct AbortUnanswered(pub(super) Option<CaptureConnection>);
+
+impl Drop for AbortUnanswered {
+    fn drop(&mut self) {
+        let Some(capture) = self.0.take() else { return };
+        let meta = capture.connection_metadata();
+        if let Some(connected) = meta.as_ref() {
+            // A connection that never answered this request must not serve another either.
+            connected.poison();
+            let mut ext = http::Extensions::new();
+            connected.get_extras(&mut ext);
+            if let Some(abort) = ext.get::<AbortHandle>() {
+                abort.0.cancel();
+            }
+        }
+    }
+}
+
+/// Closes one upstream connection from outside its task (see [`Capped`]).
+#[derive(Clone)]
+struct AbortHandle(CancellationToken);
+
+/// Wraps the TCP connector (under TLS, so the cap and the abort hold for `https` too): each
+/// connection first takes a permit of the process-wide cap, waiting at most `wait`
+/// (`connect_timeout`) for one, and keeps it until it closes.
+#[derive(Clone)]
+pub struct CappedConnector {
+    inner: HttpConnector,
+    permits: Arc<Semaphore>,
+    wait: Duration,
+}
+
+impl CappedConnector {
+    /// Wraps `inner`; each connection takes one of `permits`, waiting at most `wait`.
+    pub(super) fn new(inner: HttpConnector, permits: Arc<Semaphore>, wait: Duration) -> Self {
+        CappedConnector {
+            inner,
+            permits,
+            wait,
+        }
+    }
+}
+
+impl tower_service::Service<Uri> for CappedConnector {
+    type Response = Capped;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        // The clone that was made ready goes into the future; a fresh clone stays.
+        let fresh = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, fresh);
+        let permits = self.permits.clone();
+        let wait = self.wait;
+        Box::pin(async move {
+            let permit = match tokio::time::timeout(wait, permits.acquire_owned()).await {
+                Ok(Ok(p)) => p,
+                _ => return Err(Box::new(Busy) as Self::Error),
+            };
+            let io = inner
+                .call(uri)
+                .await
+                .map_err(|e| Box::new(e) as Self::Error)?;
+            let io = TokioIo::new(ReadCap::new(io.into_inner()));
+            let abort = CancellationToken::new();
+            Ok(Capped {
+                io,
+                _permit: permit,
+                aborted: Box::pin(abort.clone().cancelled_owned()),
+                abort,
+            })
+        })
+    }
+}
+
+/// An upstream connection holding its permit, which an [`AbortHandle`] can close: once
+/// aborted, every read and write fails, so hyper's connection task ends (even one blocked on a
+/// write toward an upstream that does not read, since the abort wakes it) and drops it. The
+/// socket is closed with a reset (zero linger): a plain close would queue the FIN behind the
+/// unsent body, which an upstream that does not read never takes, and the kernel would hold
+/// the connection on.
+///
+/// Its reads take at most [`READ_CAP`](crate::read_cap::READ_CAP) bytes at a time: hyper's read-ahead on an upstream
+/// connection would otherwise grow to ~400 KiB toward a client that reads slowly (the largest
+/// response head hyper takes is unchanged; it is read in several reads).
+pub struct Capped {
+    io: TokioIo<ReadCap<TcpStream>>,
+    _permit: OwnedSemaphorePermit,
+    abort: CancellationToken,
+    aborted: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl Capped {
+    /// `Err` once aborted (the task's waker is registered for the abort either way).
+    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        match self.aborted.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                let _ = self.io.inner().get_ref().set_zero_linger();
+                Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the request on this upstream connection was abandoned",
+                ))
+            }
+            Poll::Pending => Ok(()),
+        }
+    }
+}
+
+impl Read for Capped {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.check(cx)?;
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl Write for Capped {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.check(cx)?;
+        Pin::new(&mut this.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.check(cx)?;
+        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.check(cx)?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+impl Connection for Capped {
+    fn connected(&self) -> Connected {
+        self.io
+            .inner()
+            .get_ref()
+            .connected()
+            .extra(AbortHandle(self.abort.clone()))
+    }
+}
