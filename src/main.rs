@@ -1,4 +1,5 @@
-//! The `rocketchat-shim` command: run the proxy, `check` a config, or run the `demo`.
+//! The `rocketchat-shim` command: run the proxy, `check` a config, run the `demo`, or
+//! `audit verify`/`audit report` the audit trail.
 #![forbid(unsafe_code)]
 
 mod online_check;
@@ -39,6 +40,9 @@ enum Command {
     /// Start a stand-in Rocket.Chat with seeded data and the shim in front of it, and print
     /// curl commands to try.
     Demo,
+    /// Check or read the audit trail (who read whose direct messages).
+    #[command(subcommand)]
+    Audit(rocketchat_shim::audit::cli::AuditCommand),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Some(Command::Audit(command)) => rocketchat_shim::audit::cli::run(command),
         Some(Command::Demo) => {
             init_tracing("warn,access=off");
             runtime(cli.workers)
