@@ -199,7 +199,7 @@ async fn records_are_exact_lines_in_the_order_of_9_1() {
     let r2 = trail.append(refused).await.expect("written");
     assert_eq!(r2.seq, 2);
 
-    let lines = lines_of(&[path.clone()]);
+    let lines = lines_of(std::slice::from_ref(&path));
     assert_eq!(lines.len(), 2);
     let first = String::from_utf8(lines[0].clone()).expect("utf-8");
     let ts1 = &first[first.find("\"ts\":\"").expect("ts") + 6..][..24];
@@ -413,9 +413,9 @@ async fn rotation_continues_the_chain_across_files() {
     assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
     // Each new file's first prev links the last line of the file renamed before it.
     for pair in files.windows(2) {
-        let last = lines_of(&[pair[0].clone()]).pop().expect("a line");
+        let last = lines_of(&pair[..1]).pop().expect("a line");
         let first: serde_json::Value =
-            serde_json::from_slice(&lines_of(&[pair[1].clone()])[0]).expect("json");
+            serde_json::from_slice(&lines_of(&pair[1..2])[0]).expect("json");
         assert_eq!(first["prev"].as_str(), Some(sha256_hex(&last).as_str()));
     }
 

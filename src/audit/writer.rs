@@ -107,8 +107,12 @@ pub fn host_name() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// Where a record's outcome goes.
+type Done = oneshot::Sender<Result<Receipt, AuditError>>;
+
 enum Job {
-    Append(Event, oneshot::Sender<Result<Receipt, AuditError>>),
+    /// Boxed: queue slots stay small whatever an event holds.
+    Append(Box<Event>, Done),
     Close(oneshot::Sender<()>),
 }
 
@@ -203,7 +207,7 @@ impl AuditTrail {
         let tx = self.tx.clone();
         async move {
             let (done, receipt) = oneshot::channel();
-            tx.send(Job::Append(event, done))
+            tx.send(Job::Append(Box::new(event), done))
                 .await
                 .map_err(|_| AuditError::Closed)?;
             receipt.await.map_err(|_| AuditError::Closed)?
@@ -353,7 +357,7 @@ fn run(mut w: WriterState, mut rx: mpsc::Receiver<Job>) {
 /// Records on their way into the file together, and how to undo them.
 struct Unit {
     buf: Vec<u8>,
-    acks: Vec<(oneshot::Sender<Result<Receipt, AuditError>>, Receipt)>,
+    acks: Vec<(Done, Receipt)>,
     alerts: u64,
     base_len: u64,
     base_seq: u64,
@@ -386,7 +390,7 @@ impl WriterState {
         .to_bytes()
     }
 
-    fn write_batch(&mut self, batch: Vec<(Event, oneshot::Sender<Result<Receipt, AuditError>>)>) {
+    fn write_batch(&mut self, batch: Vec<(Box<Event>, Done)>) {
         let ts = clock::rfc3339_millis(clock::now());
         let mut unit = Unit::new(self);
         for (event, done) in batch {
