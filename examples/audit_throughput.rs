@@ -14,11 +14,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use rocketchat_shim::audit::stats::FSYNC_BUCKETS;
-use rocketchat_shim::audit::writer::{Options, QUEUE_CAPACITY};
+use rocketchat_shim::audit::writer::Options;
 use rocketchat_shim::audit::{
-    Alias, AuditTrail, CacheStatus, Decision, Endpoint, Event, Linker, Person, Room,
+    Alias, AuditTrail, CacheStatus, Decision, Endpoint, Event, Person, Room,
 };
-use rocketchat_shim::config::AuditOnFailure;
 
 fn event(i: usize) -> Event {
     let mut e = Event::new(
@@ -95,13 +94,10 @@ async fn main() {
             ));
             let _ = std::fs::remove_file(&path);
             let trail = AuditTrail::open_with(Options {
-                path: path.clone(),
                 instance: "bench".into(),
-                linker: Linker::plain(),
                 fsync,
                 max_file_bytes: 1 << 30,
-                on_failure: AuditOnFailure::Deny,
-                queue_capacity: QUEUE_CAPACITY,
+                ..Options::new(&path)
             })
             .expect("open");
             // Fewer records for one synchronous writer with fsync: each waits for the disk.

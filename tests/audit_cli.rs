@@ -11,7 +11,6 @@ use rocketchat_shim::audit::writer::Options;
 use rocketchat_shim::audit::{
     Alias, AuditTrail, CacheStatus, Decision, Endpoint, Event, Linker, Person, Room,
 };
-use rocketchat_shim::config::AuditOnFailure;
 use sha2::{Digest, Sha256};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rocketchat-shim");
@@ -69,13 +68,12 @@ fn event(i: usize) -> Event {
 /// Writes `n` records to `path` with the shim's writer.
 async fn write_trail(path: &Path, n: usize, linker: Linker, max_file_bytes: u64) {
     let trail = AuditTrail::open_with(Options {
-        path: path.to_owned(),
         instance: "cli-test".into(),
         linker,
         fsync: false,
         max_file_bytes,
-        on_failure: AuditOnFailure::Deny,
         queue_capacity: 16,
+        ..Options::new(path)
     })
     .expect("open");
     for i in 1..=n {

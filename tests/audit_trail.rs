@@ -7,12 +7,13 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use rocketchat_shim::audit::writer::Options;
 use rocketchat_shim::audit::{
     Alias, AuditError, AuditTrail, CacheStatus, Decision, Endpoint, Event, Linker, Person, Room,
 };
-use rocketchat_shim::config::{AuditConfig, AuditOnFailure};
+use rocketchat_shim::config::AuditConfig;
 use sha2::{Digest, Sha256};
 
 const ZEROS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -27,13 +28,9 @@ fn tempdir(name: &str) -> PathBuf {
 
 fn options(path: &Path) -> Options {
     Options {
-        path: path.to_owned(),
         instance: "test-instance".into(),
-        linker: Linker::plain(),
-        fsync: true,
-        max_file_bytes: 256 << 20,
-        on_failure: AuditOnFailure::Deny,
-        queue_capacity: 1024,
+        probe_every: Duration::from_millis(20),
+        ..Options::new(path)
     }
 }
 
@@ -526,6 +523,82 @@ async fn an_unusable_path_is_an_open_error_and_one_file_has_one_writer() {
     );
     let again = AuditTrail::open_with(options(&path)).expect("reopen after close");
     again.close().await;
+}
+
+/// Makes a file immutable (`chattr +i`: writes fail with EPERM, also for root) until dropped.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn set(path: &Path) -> Immutable {
+        let s = Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .status()
+            .expect("chattr (e2fsprogs)");
+        assert!(s.success(), "chattr +i");
+        Immutable(path.to_owned())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+/// Waits (at most 10 s) for `f` to hold.
+async fn wait_until(what: &str, f: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("not within 10 s: {what}");
+}
+
+#[tokio::test]
+async fn a_trail_that_cannot_be_written_fails_then_comes_back_by_itself() {
+    let dir = tempdir("immutable");
+    let path = dir.join("a.jsonl");
+    let trail = AuditTrail::open_with(options(&path)).expect("open");
+    trail.append(event("before")).await.expect("written");
+    let immutable = Immutable::set(&path);
+    let e = trail
+        .append(event("refused"))
+        .await
+        .expect_err("an immutable file");
+    assert!(matches!(e, AuditError::Write(_)), "{e}");
+    assert!(trail.is_failing());
+    assert_eq!(trail.stats().snapshot().write_failures, 1);
+    // The idle probe (every 20 ms here) finds it still unwritable ...
+    let probes = trail.stats().snapshot().probes;
+    wait_until("three more probes", || {
+        trail.stats().snapshot().probes >= probes + 3
+    })
+    .await;
+    assert!(trail.is_failing());
+    // ... and, once it can be written, clears the state with no record appended, so that
+    // /readyz recovers without traffic.
+    drop(immutable);
+    wait_until("the state cleared", || !trail.is_failing()).await;
+    assert_eq!(
+        std::fs::read_dir(&dir).expect("dir").count(),
+        1,
+        "no probe file left"
+    );
+    let r = trail.append(event("after")).await.expect("written");
+    assert_eq!(r.seq, 2);
+    trail.close().await;
+    let lines = lines_of(std::slice::from_ref(&path));
+    check_chain(&lines, ZEROS, 1, sha256_hex);
+    let ids: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| {
+            serde_json::from_slice::<serde_json::Value>(l).expect("json")["request_id"].clone()
+        })
+        .collect();
+    assert_eq!(ids, ["before", "after"]);
 }
 
 const FSIZE_LIMIT: u64 = 8192;

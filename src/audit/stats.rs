@@ -18,6 +18,7 @@ pub struct AuditStats {
     write_failures: AtomicU64,
     alerts: AtomicU64,
     batches: AtomicU64,
+    probes: AtomicU64,
     fsync_buckets: [AtomicU64; FSYNC_BUCKETS.len()],
     fsync_count: AtomicU64,
     fsync_sum_micros: AtomicU64,
@@ -34,6 +35,8 @@ pub struct StatsSnapshot {
     pub alerts: u64,
     /// Write batches that reached the file (group commit: one write per batch).
     pub batches: u64,
+    /// Idle probes made while failing.
+    pub probes: u64,
     /// `fdatasync` calls (0 with `fsync = "never"`).
     pub fsyncs: u64,
     /// Cumulative counts per bucket of [`FSYNC_BUCKETS`], then `+Inf` (= `fsyncs`).
@@ -51,6 +54,10 @@ impl AuditStats {
 
     pub(super) fn failed(&self, records: u64) {
         self.write_failures.fetch_add(records, Ordering::Relaxed);
+    }
+
+    pub(super) fn probed(&self) {
+        self.probes.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(super) fn fsync(&self, d: Duration) {
@@ -92,6 +99,7 @@ impl AuditStats {
             write_failures: self.write_failures.load(Ordering::Relaxed),
             alerts: self.alerts.load(Ordering::Relaxed),
             batches: self.batches.load(Ordering::Relaxed),
+            probes: self.probes.load(Ordering::Relaxed),
             fsyncs,
             fsync_cumulative,
             fsync_sum_seconds: self.fsync_sum_micros.load(Ordering::Relaxed) as f64 / 1e6,

@@ -12,13 +12,15 @@
 //!   the file again (`ftruncate` to the length before it), its callers get an error and the
 //!   trail is "failing" until a later batch succeeds: no half line or record that a client
 //!   was refused for stays in the file, and the chain goes on from the last line kept.
+//! - While failing and idle, the writer probes every [`PROBE_EVERY`] whether the trail could
+//!   be written again (without adding a line), so that `/readyz` recovers without traffic.
 
 use std::fs::File;
 use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -34,6 +36,11 @@ use crate::config::{AuditConfig, AuditFsync, AuditOnFailure};
 pub const QUEUE_CAPACITY: usize = 1024;
 /// Records in one write batch at most (bounds a batch's memory and the wait of its first).
 pub const MAX_BATCH: usize = 256;
+/// While failing and idle, how often the writer probes whether the trail can be written.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// The size of the probe file written (and synced, then removed) beside the trail: room for
+/// a large batch.
+const PROBE_BYTES: usize = 64 * 1024;
 
 /// Why the trail could not be opened or a record not written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,9 +82,25 @@ pub struct Options {
     pub max_file_bytes: u64,
     pub on_failure: AuditOnFailure,
     pub queue_capacity: usize,
+    /// While failing and idle, the writer probes this often (see [`AuditTrail::is_failing`]).
+    pub probe_every: Duration,
 }
 
 impl Options {
+    /// The defaults of `[audit]` for `path`, with the host name as instance and plain links.
+    pub fn new(path: impl Into<PathBuf>) -> Options {
+        Options {
+            path: path.into(),
+            instance: host_name(),
+            linker: Linker::plain(),
+            fsync: true,
+            max_file_bytes: AuditConfig::default().max_file_bytes,
+            on_failure: AuditOnFailure::Deny,
+            queue_capacity: QUEUE_CAPACITY,
+            probe_every: PROBE_EVERY,
+        }
+    }
+
     /// The options `[audit]` asks for: the key read from `hmac_key_env` (a named variable
     /// that is not set is an error), `instance = ""` resolved to the host name.
     pub fn from_config(config: &AuditConfig) -> Result<Options, AuditError> {
@@ -93,6 +116,7 @@ impl Options {
             max_file_bytes: config.max_file_bytes,
             on_failure: config.on_failure,
             queue_capacity: QUEUE_CAPACITY,
+            probe_every: PROBE_EVERY,
         })
     }
 }
@@ -186,6 +210,7 @@ impl AuditTrail {
             shared: shared.clone(),
             truncate_to: None,
             rotation_warned: false,
+            probe_every: o.probe_every,
             _registration: registration,
         };
         let (tx, rx) = mpsc::channel(o.queue_capacity.max(1));
@@ -215,7 +240,10 @@ impl AuditTrail {
     }
 
     /// Whether the trail cannot be written right now (the last batch failed): `/readyz` is
-    /// 503 while this holds; it clears by itself when a later write succeeds.
+    /// 503 while this holds. It clears by itself when a later write succeeds, or when the
+    /// writer's idle probe (every [`PROBE_EVERY`]: the trail file opens for appending, a 64 KiB
+    /// file beside it is written and synced) succeeds, so that a replica taken out of a load
+    /// balancer by its 503 comes back without needing traffic.
     pub fn is_failing(&self) -> bool {
         self.shared.stats.is_failing()
     }
@@ -306,6 +334,7 @@ struct WriterState {
     /// A failed batch could not be cut off the file: cut it before writing again.
     truncate_to: Option<u64>,
     rotation_warned: bool,
+    probe_every: Duration,
     _registration: Registration,
 }
 
@@ -322,8 +351,31 @@ impl Drop for PanicGuard {
 
 fn run(mut w: WriterState, mut rx: mpsc::Receiver<Job>) {
     let _guard = PanicGuard(w.shared.clone());
+    // A timer for waiting with a time-out while failing (the probe); tokio's channel has no
+    // blocking receive with a time-out of its own.
+    let timer = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .ok();
     let mut closing = None;
-    while let Some(job) = rx.blocking_recv() {
+    loop {
+        let received = match &timer {
+            Some(rt) if w.shared.stats.is_failing() => {
+                // The timer is made inside `block_on`: it needs the runtime's context.
+                let every = w.probe_every;
+                match rt.block_on(async { tokio::time::timeout(every, rx.recv()).await }) {
+                    Ok(r) => r,
+                    Err(_) => {
+                        w.probe();
+                        continue;
+                    }
+                }
+            }
+            _ => rx.blocking_recv(),
+        };
+        let Some(job) = received else {
+            break;
+        };
         let mut batch = Vec::new();
         let mut next = Some(job);
         while let Some(job) = next.take() {
@@ -485,6 +537,40 @@ impl WriterState {
             self.shared.stats.fsync(started.elapsed());
         }
         Ok(())
+    }
+
+    /// While failing and idle: whether the trail could be written now. The trail file itself
+    /// is only opened (a probe must not add a line to the chain); the space and the disk are
+    /// tried with a probe file beside it. Success clears the failure state.
+    fn probe(&mut self) {
+        self.shared.stats.probed();
+        match self.try_probe() {
+            Ok(()) => {
+                if self.shared.stats.set_failing(false) {
+                    tracing::info!(path = %self.path.display(), "the audit trail can be written again (probe)");
+                }
+            }
+            Err(e) => {
+                tracing::debug!(path = %self.path.display(), error = %e, "audit trail probe failed")
+            }
+        }
+    }
+
+    fn try_probe(&mut self) -> std::io::Result<()> {
+        if let Some(len) = self.truncate_to {
+            self.file.set_len(len)?;
+            self.truncate_to = None;
+        }
+        drop(rotate::open_append(&self.path)?);
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(".probe");
+        let probe = PathBuf::from(name);
+        let written = std::fs::File::create(&probe).and_then(|mut f| {
+            f.write_all(&[0u8; PROBE_BYTES])?;
+            f.sync_data()
+        });
+        let removed = std::fs::remove_file(&probe);
+        written.and(removed)
     }
 
     fn rotate(&mut self) {
