@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rocketchat_shim::audit::writer::Options;
 use rocketchat_shim::audit::{
-    Alias, AuditError, AuditTrail, CacheStatus, Decision, Endpoint, Event, Linker, Person, Room,
+    Alias, AuditError, AuditTrail, CacheStatus, Decision, Endpoint, Event, Person, Room,
 };
 use rocketchat_shim::config::AuditConfig;
 use sha2::{Digest, Sha256};
