@@ -510,6 +510,11 @@ async fn an_unusable_path_is_an_open_error_and_one_file_has_one_writer() {
     assert!(e.to_string().contains("missing-dir"), "{e}");
     let e = AuditTrail::open_with(options(&dir)).expect_err("a directory");
     assert!(matches!(e, AuditError::Open { .. }), "{e}");
+    let e = AuditTrail::open_with(options(Path::new("/dev/null"))).expect_err("a device");
+    assert_eq!(
+        e.to_string(),
+        "cannot open the audit trail /dev/null: not a regular file"
+    );
 
     let path = dir.join("a.jsonl");
     let trail = AuditTrail::open_with(options(&path)).expect("open");

@@ -67,6 +67,23 @@ pub enum CacheStatus {
     Bypass,
 }
 
+impl CacheStatus {
+    /// From the cache's access-log label (`hit`, `miss`, `collapsed`, `refresh`, `disabled`,
+    /// `bypass`), so the pipeline can pass `cache::Outcome::label()` without this module
+    /// depending on the cache.
+    pub fn from_label(label: &str) -> Option<CacheStatus> {
+        Some(match label {
+            "hit" => CacheStatus::Hit,
+            "miss" => CacheStatus::Miss,
+            "collapsed" => CacheStatus::Collapsed,
+            "refresh" => CacheStatus::Refresh,
+            "disabled" => CacheStatus::Disabled,
+            "bypass" => CacheStatus::Bypass,
+            _ => return None,
+        })
+    }
+}
+
 /// What the pipeline knows about one answer: every field of a record but the four the
 /// writer adds (`seq`, `ts`, `instance`, `prev`). Field order is the record's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -266,6 +283,25 @@ mod tests {
         assert_eq!(back.event, e);
         assert_eq!(back.seq, 7);
         assert_eq!(serde_json::to_string(&back).expect("serialises"), text);
+    }
+
+    #[test]
+    fn cache_labels_round_trip() {
+        for c in [
+            CacheStatus::Hit,
+            CacheStatus::Miss,
+            CacheStatus::Collapsed,
+            CacheStatus::Refresh,
+            CacheStatus::Disabled,
+            CacheStatus::Bypass,
+        ] {
+            let label = serde_json::to_value(c).expect("serialises");
+            assert_eq!(
+                CacheStatus::from_label(label.as_str().expect("a string")),
+                Some(c)
+            );
+        }
+        assert_eq!(CacheStatus::from_label("stale"), None);
     }
 
     #[test]

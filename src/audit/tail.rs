@@ -39,7 +39,15 @@ pub(super) fn open_and_continue(
     sync: bool,
 ) -> io::Result<(File, Continuation)> {
     let mut file = rotate::open_append(path)?;
-    let len = file.metadata()?.len();
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        // A device or a FIFO would take records and keep no chain (or block).
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let len = meta.len();
     if len == 0 {
         if let Some(rotated) = rotate::newest_rotated(path)? {
             let old = File::open(&rotated)?;
