@@ -24,6 +24,7 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub cache: CacheConfig,
     pub rate_limit: RateLimitConfig,
+    pub audit: AuditConfig,
 }
 
 /// `[server]`: the client-facing listener.
@@ -382,6 +383,89 @@ impl Default for RateLimitConfig {
     }
 }
 
+/// `audit.fsync`: whether a record is on disk before the answer it records is sent.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditFsync {
+    /// `fdatasync` after every write batch (records written together share one).
+    Always,
+    /// Written to the OS only: survives a crash of the process, not of the machine.
+    Never,
+}
+
+/// `audit.on_failure`: what the endpoint does when its record cannot be written.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditOnFailure {
+    /// 503 `error-audit-unavailable`, nothing disclosed.
+    Deny,
+    /// The answer is sent; the failure is counted and logged.
+    Allow,
+}
+
+/// `[audit]`: the trail of who read whose direct messages (spec/shim.md 9.1).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    pub enabled: bool,
+    /// JSON Lines file, appended; relative to the working directory.
+    pub path: PathBuf,
+    /// Written into every record; "" means the host name.
+    pub instance: String,
+    pub fsync: AuditFsync,
+    pub on_failure: AuditOnFailure,
+    /// The file is rotated before it would grow past this.
+    #[serde(deserialize_with = "de_size")]
+    pub max_file_bytes: u64,
+    /// Name of an environment variable holding the HMAC key; "" for plain SHA-256 links.
+    pub hmac_key_env: String,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            enabled: false,
+            path: PathBuf::from("rocketchat-shim-audit.jsonl"),
+            instance: String::new(),
+            fsync: AuditFsync::Always,
+            on_failure: AuditOnFailure::Deny,
+            max_file_bytes: 256 * 1024 * 1024,
+            hmac_key_env: String::new(),
+        }
+    }
+}
+
+impl AuditConfig {
+    /// The smallest `max_file_bytes`: room for a few records with long member lists.
+    pub const MIN_FILE_BYTES: u64 = 4096;
+
+    /// Checks the types cannot express; `(key, message)` on the first problem.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.path.as_os_str().is_empty() {
+            return Err(("audit.path", "must name a file".into()));
+        }
+        if self.max_file_bytes < Self::MIN_FILE_BYTES {
+            return Err(("audit.max_file_bytes", "must be at least 4KiB".into()));
+        }
+        if self.instance.chars().any(char::is_control) {
+            return Err((
+                "audit.instance",
+                "must not contain control characters".into(),
+            ));
+        }
+        let k = &self.hmac_key_env;
+        if !k.is_empty()
+            && (k.trim() != k || k.contains(['=', '\0']) || k.chars().any(char::is_whitespace))
+        {
+            return Err((
+                "audit.hmac_key_env",
+                format!("\"{k}\" is not an environment variable name"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Why a configuration could not be used. The message always says where and what.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -549,6 +633,9 @@ impl Config {
                     "must start with redis://, rediss:// or unix://",
                 );
             }
+        }
+        if let Err((key, message)) = self.audit.check() {
+            return bad(key, &message);
         }
         if let Some(admin) = self.admin.listen {
             if admin == self.server.listen && admin.port() != 0 {

@@ -8,6 +8,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod audit;
 pub mod body;
 pub mod cache;
 pub mod config;

@@ -1,4 +1,5 @@
-//! The `rocketchat-shim` command: run the proxy, `check` a config, or run the `demo`.
+//! The `rocketchat-shim` command: run the proxy, `check` a config, run the `demo`, or
+//! `audit verify`/`audit report` the audit trail.
 #![forbid(unsafe_code)]
 
 mod online_check;
@@ -40,6 +41,9 @@ enum Command {
     /// curl commands to try (builds with the default `demo` feature only).
     #[cfg(feature = "demo")]
     Demo,
+    /// Check or read the audit trail (who read whose direct messages).
+    #[command(subcommand)]
+    Audit(rocketchat_shim::audit::cli::AuditCommand),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Some(Command::Audit(command)) => rocketchat_shim::audit::cli::run(command),
         #[cfg(feature = "demo")]
         Some(Command::Demo) => {
             init_tracing("warn,access=off");
