@@ -271,3 +271,68 @@ impl ResponseCache {
         self.0.ttl
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fetched(status: u16, body: &'static str) -> Fetched {
+        Fetched {
+            status: StatusCode::from_u16(status).expect("status"),
+            content_type: None,
+            body: Bytes::from_static(body.as_bytes()),
+            at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn only_successful_200s_are_cacheable() {
+        assert!(fetched(200, r#"{"messages":[],"success":true}"#).cacheable());
+        assert!(!fetched(200, r#"{"success":false}"#).cacheable());
+        assert!(!fetched(200, r#"{"messages":[]}"#).cacheable());
+        assert!(!fetched(200, "not json").cacheable());
+        assert!(!fetched(400, r#"{"success":true}"#).cacheable());
+        assert!(!fetched(500, r#"{"success":true}"#).cacheable());
+    }
+
+    #[test]
+    fn cache_status_values_follow_rfc_9211() {
+        let cases = [
+            (
+                Outcome::Hit { ttl_left: 4 },
+                "rocketchat-shim; hit; ttl=4",
+                "hit",
+            ),
+            (
+                Outcome::Miss { stored: true },
+                "rocketchat-shim; fwd=miss; stored",
+                "miss",
+            ),
+            (
+                Outcome::Miss { stored: false },
+                "rocketchat-shim; fwd=miss",
+                "miss",
+            ),
+            (
+                Outcome::Collapsed { stored: true },
+                "rocketchat-shim; fwd=miss; collapsed; stored",
+                "collapsed",
+            ),
+            (
+                Outcome::Refresh { stored: true },
+                "rocketchat-shim; fwd=request; stored",
+                "refresh",
+            ),
+            (
+                Outcome::Disabled,
+                "rocketchat-shim; fwd=bypass; detail=disabled",
+                "disabled",
+            ),
+            (Outcome::Bypass, "rocketchat-shim; fwd=bypass", "bypass"),
+        ];
+        for (outcome, header, label) in cases {
+            assert_eq!(outcome.header(), header);
+            assert_eq!(outcome.label(), label);
+        }
+    }
+}

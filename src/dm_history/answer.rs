@@ -185,3 +185,109 @@ pub(super) fn finish(
     }
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ratelimit::{BudgetKind, Decision};
+    use http::StatusCode;
+    use std::time::Duration;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn refresh_is_asked_by_no_cache_max_age_0_or_pragma() {
+        assert!(wants_refresh(&headers(&[("cache-control", "no-cache")])));
+        assert!(wants_refresh(&headers(&[(
+            "cache-control",
+            "private, No-Cache"
+        )])));
+        assert!(wants_refresh(&headers(&[("cache-control", "max-age=0")])));
+        assert!(wants_refresh(&headers(&[("pragma", "no-cache")])));
+        assert!(!wants_refresh(&headers(&[("cache-control", "max-age=10")])));
+        assert!(!wants_refresh(&headers(&[("cache-control", "no-store")])));
+        assert!(!wants_refresh(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn the_upstream_gets_the_credential_and_negotiation_only() {
+        let client = headers(&[
+            ("host", "chat.example.com"),
+            ("user-agent", "rc-client/1"),
+            ("accept-language", "de"),
+            ("cookie", "rc_token=secret"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("accept", "text/html"),
+        ]);
+        let cred = Credential::Bearer("tok".into());
+        let h = upstream_headers(&client, &cred);
+        let names: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "accept-language",
+                "user-agent",
+                "accept",
+                "host",
+                "authorization"
+            ]
+        );
+        assert_eq!(h["accept"], "application/json");
+        assert_eq!(h["authorization"], "Bearer tok");
+        // An access_token credential travels in the canonical query, not in a header.
+        let h = upstream_headers(&client, &Credential::AccessToken("tok".into()));
+        assert!(!h.contains_key(header::AUTHORIZATION));
+    }
+
+    #[test]
+    fn finish_adds_cache_status_no_store_rate_headers_and_log_facts() {
+        let facts = EndpointFacts {
+            user_id: Some("u1".into()),
+            cache: Outcome::Hit { ttl_left: 3 },
+            rate: Some(Decision {
+                allowed: true,
+                which: BudgetKind::PerUser,
+                limit: 10,
+                remaining: 7,
+                reset_after: Duration::from_secs(5),
+            }),
+        };
+        let resp = respond::json(
+            StatusCode::OK,
+            bytes::Bytes::from_static(b"{\"success\":true}"),
+        );
+        let resp = finish(resp, facts, false);
+        let h = resp.headers();
+        assert_eq!(h["cache-status"], "rocketchat-shim; hit; ttl=3");
+        assert_eq!(h["cache-control"], "no-store");
+        assert_eq!(h["x-ratelimit-limit"], "10");
+        assert_eq!(h["x-ratelimit-remaining"], "7");
+        let log = resp.extensions().get::<AccessLogFacts>().expect("facts");
+        assert_eq!(log.user_id.as_deref(), Some("u1"));
+        assert_eq!(log.cache, Some("hit"));
+    }
+
+    #[test]
+    fn finish_for_head_drops_the_body_and_keeps_its_length() {
+        let resp = respond::json(
+            StatusCode::OK,
+            bytes::Bytes::from_static(b"{\"success\":true}"),
+        );
+        let resp = finish(resp, EndpointFacts::new(), true);
+        assert_eq!(resp.headers()["content-length"], "16");
+        assert_eq!(http_body::Body::size_hint(resp.body()).exact(), Some(0));
+        assert_eq!(
+            resp.headers()["cache-status"],
+            "rocketchat-shim; fwd=bypass"
+        );
+    }
+}

@@ -1,7 +1,7 @@
 //! The intercepted direct-message history endpoint (`im.messages.others`, alias
 //! `dm.messages.others`) and the checks of the guarded related endpoints.
 //!
-//! [`DmHistory::pipeline`] is spec/shim.md §1-6 line by line, each step a call into its own
+//! `DmHistory::pipeline` is spec/shim.md §1-6 line by line, each step a call into its own
 //! module, every refusal Rocket.Chat's own body:
 //!
 //! 1. method (405 unless GET/HEAD) and query syntax (`params/raw.rs`): refused before anything

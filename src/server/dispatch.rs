@@ -30,7 +30,7 @@ use crate::state::AppState;
 
 /// Refuses heads the upstream must never see: a `Content-Length` with a `Transfer-Encoding`
 /// (request smuggling), more than one `Host`, and heads over `max_header_bytes`.
-fn check_head(req: &Request<Incoming>, flags: &ConnFlags, config: &Config) -> Option<ApiError> {
+fn check_head<B>(req: &Request<B>, flags: &ConnFlags, config: &Config) -> Option<ApiError> {
     if req.headers().contains_key(header::TRANSFER_ENCODING)
         && (req.headers().contains_key(header::CONTENT_LENGTH)
             || flags.cl_te_conflict.load(Ordering::Relaxed))
@@ -160,4 +160,49 @@ pub(super) async fn dispatch(
         });
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn req(pairs: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::get("/api/v1/me");
+        for (n, v) in pairs {
+            b = b.header(*n, *v);
+        }
+        b.body(()).expect("request")
+    }
+
+    fn check(r: &Request<()>, config: &Config) -> Option<String> {
+        let flags = ConnFlags::new(Duration::from_secs(10), Duration::from_secs(60));
+        check_head(r, &flags, config).map(|e| e.body.to_string())
+    }
+
+    #[test]
+    fn heads_the_upstream_must_never_see_are_refused() {
+        let config = Config::default();
+        assert_eq!(check(&req(&[("host", "a")]), &config), None);
+        assert_eq!(
+            check(
+                &req(&[("content-length", "3"), ("transfer-encoding", "chunked")]),
+                &config
+            ),
+            Some(r#"{"success":false,"error":"The request has both Content-Length and Transfer-Encoding [error-bad-request]","errorType":"error-bad-request"}"#.into())
+        );
+        assert_eq!(
+            check(&req(&[("host", "a"), ("host", "b")]), &config),
+            Some(r#"{"success":false,"error":"The request has more than one Host header [error-bad-request]","errorType":"error-bad-request"}"#.into())
+        );
+        let mut small = Config::default();
+        small.server.max_header_bytes = 64;
+        let big = "x".repeat(80);
+        let e = check(&req(&[("x-big", &big)]), &small).expect("431");
+        assert!(e.contains("error-request-header-too-large"), "{e}");
+        // A TE the sniffer saw next to a CL that hyper dropped counts too.
+        let flags = ConnFlags::new(Duration::from_secs(10), Duration::from_secs(60));
+        flags.cl_te_conflict.store(true, Ordering::Relaxed);
+        assert!(check_head(&req(&[("transfer-encoding", "chunked")]), &flags, &config).is_some());
+    }
 }
