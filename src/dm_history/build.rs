@@ -37,23 +37,7 @@ impl DmHistory {
             }
             _ => Arc::new(Identities::new(config.policy.identity_ttl, metrics.clone())),
         };
-        let service = match config.policy.dm_history_endpoint {
-            DmHistoryEndpoint::Upstream => {
-                let sa = config.upstream.service_account.as_ref().ok_or(
-                    "policy.dm_history_endpoint = \"upstream\" needs [upstream.service_account]",
-                )?;
-                let (user_id, token) = config.service_token().ok_or_else(|| {
-                    format!(
-                        "upstream.service_account.token_env: the environment variable {} is not set (policy.dm_history_endpoint = \"upstream\" needs the service account's token)",
-                        sa.token_env
-                    )
-                })?;
-                Some(Credential::Headers { user_id, token })
-            }
-            _ => config
-                .service_token()
-                .map(|(user_id, token)| Credential::Headers { user_id, token }),
-        };
+        let service = service_credential(&config)?;
         let roles = Arc::new(PermissionRoles::new(
             &config.policy,
             service.clone(),
@@ -76,33 +60,7 @@ impl DmHistory {
                 _ => Some(ResponseCache::new(&config.cache, metrics.clone())),
             }
         };
-        if let Some(c) = &cache {
-            let (a, b) = (c.clone(), c.clone());
-            metrics.register_gauge(
-                "rcshim_cache_entries",
-                "Answers held in the cache.",
-                move || a.entry_count() as f64,
-            );
-            metrics.register_gauge(
-                "rcshim_cache_bytes",
-                "Bytes held in the cache (bodies plus per-entry overhead).",
-                move || b.weighted_size() as f64,
-            );
-        }
-        let l = Arc::downgrade(&limits);
-        metrics.register_gauge(
-            "rcshim_ratelimit_keys",
-            "Keys held by the local rate limiters.",
-            move || {
-                l.upgrade()
-                    .map(|l| {
-                        (l.per_ip.as_ref().map(|b| b.len()).unwrap_or(0)
-                            + l.per_user.as_ref().map(|b| b.len()).unwrap_or(0))
-                            as f64
-                    })
-                    .unwrap_or(0.0)
-            },
-        );
+        register_gauges(&metrics, cache.as_ref(), &limits);
         Ok(DmHistory {
             config,
             upstream,
@@ -114,4 +72,58 @@ impl DmHistory {
             cache,
         })
     }
+}
+
+/// The service account's credential, when one is configured and its token variable is set;
+/// required (an error naming what is missing) when the setting is read from the upstream.
+fn service_credential(config: &Config) -> Result<Option<Credential>, String> {
+    Ok(match config.policy.dm_history_endpoint {
+        DmHistoryEndpoint::Upstream => {
+            let sa = config.upstream.service_account.as_ref().ok_or(
+                "policy.dm_history_endpoint = \"upstream\" needs [upstream.service_account]",
+            )?;
+            let (user_id, token) = config.service_token().ok_or_else(|| {
+                format!(
+                    "upstream.service_account.token_env: the environment variable {} is not set (policy.dm_history_endpoint = \"upstream\" needs the service account's token)",
+                    sa.token_env
+                )
+            })?;
+            Some(Credential::Headers { user_id, token })
+        }
+        _ => config
+            .service_token()
+            .map(|(user_id, token)| Credential::Headers { user_id, token }),
+    })
+}
+
+/// The gauges `/metrics` reads from the endpoint's state: cache entries and bytes, rate-limit
+/// keys (weakly held, so an old generation's limiter is not kept alive by its gauge).
+fn register_gauges(metrics: &Metrics, cache: Option<&ResponseCache>, limits: &Arc<RateLimits>) {
+    if let Some(c) = cache {
+        let (a, b) = (c.clone(), c.clone());
+        metrics.register_gauge(
+            "rcshim_cache_entries",
+            "Answers held in the cache.",
+            move || a.entry_count() as f64,
+        );
+        metrics.register_gauge(
+            "rcshim_cache_bytes",
+            "Bytes held in the cache (bodies plus per-entry overhead).",
+            move || b.weighted_size() as f64,
+        );
+    }
+    let l = Arc::downgrade(limits);
+    metrics.register_gauge(
+        "rcshim_ratelimit_keys",
+        "Keys held by the local rate limiters.",
+        move || {
+            l.upgrade()
+                .map(|l| {
+                    (l.per_ip.as_ref().map(|b| b.len()).unwrap_or(0)
+                        + l.per_user.as_ref().map(|b| b.len()).unwrap_or(0))
+                        as f64
+                })
+                .unwrap_or(0.0)
+        },
+    );
 }
