@@ -11,24 +11,20 @@ pub fn now() -> OffsetDateTime {
 
 /// `2026-12-01T20:58:58.123Z`.
 pub fn rfc3339_millis(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
+    utc_stamp(t, "-", ":")
 }
 
 /// `20261201T205858.123Z`, for rotated file names.
 pub fn file_stamp(t: OffsetDateTime) -> String {
+    utc_stamp(t, "", "")
+}
+
+/// UTC date and time to the millisecond, with `date_sep` between the date's parts and
+/// `time_sep` between the time's.
+fn utc_stamp(t: OffsetDateTime, date_sep: &str, time_sep: &str) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
     format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}.{:03}Z",
+        "{:04}{date_sep}{:02}{date_sep}{:02}T{:02}{time_sep}{:02}{time_sep}{:02}.{:03}Z",
         t.year(),
         u8::from(t.month()),
         t.day(),
