@@ -10,8 +10,9 @@ use serde_json::Value;
 
 use crate::dm_history::credential::Credential;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::request::RequestCtx;
-use crate::upstream::{request, Upstream, UpstreamError};
+use crate::upstream::{failure, request, Upstream, UpstreamError};
 
 /// Largest lookup answer read (`permissions.listAll` is the big one: ~40 KB on a real server).
 const MAX_LOOKUP_BODY: usize = 4 * 1024 * 1024;
@@ -42,6 +43,13 @@ impl LookupError {
                 "The upstream server could not confirm access; the request is refused",
             ),
         }
+    }
+
+    /// Logs and counts the failure of the lookup `what` (one place, `upstream::failure`) and
+    /// returns the fail-closed answer.
+    pub fn report(&self, metrics: &Metrics, ctx: &RequestCtx, what: &str) -> ApiError {
+        failure::log_and_count(metrics, ctx, what, self.kind(), self);
+        self.to_api_error()
     }
 
     /// The upstream error kind, for metrics.

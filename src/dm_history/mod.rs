@@ -126,11 +126,7 @@ impl DmHistory {
             Ok(Verified::NotLoggedIn) => {
                 Err(ApiError::not_logged_in(self.config.policy.error_style))
             }
-            Err(e) => {
-                self.metrics.upstream_error(e.kind());
-                tracing::warn!(request_id = ?ctx.request_id, error = %e, "identity lookup failed; refusing");
-                Err(e.to_api_error())
-            }
+            Err(e) => Err(e.report(&self.metrics, ctx, "identity lookup (/me)")),
         }
     }
 
@@ -146,16 +142,18 @@ impl DmHistory {
         policy::check_in_order(self.config.policy.error_style, |check| async move {
             match check {
                 Check::Permission => {
-                    let roles = self.roles.get(&self.upstream, cred, ctx).await.map_err(|e| {
-                        tracing::warn!(request_id = ?ctx.request_id, error = %e, "permission lookup failed; refusing");
-                        e.to_api_error()
-                    })?;
+                    let roles = self
+                        .roles
+                        .get(&self.upstream, cred, ctx)
+                        .await
+                        .map_err(|e| e.report(&self.metrics, ctx, "permission lookup"))?;
                     Ok(policy::has_permission(identity, &roles))
                 }
-                Check::Setting => self.setting.enabled(&self.upstream, ctx).await.map_err(|e| {
-                    tracing::warn!(request_id = ?ctx.request_id, error = %e, "setting lookup failed; refusing");
-                    e.to_api_error()
-                }),
+                Check::Setting => self
+                    .setting
+                    .enabled(&self.upstream, ctx)
+                    .await
+                    .map_err(|e| e.report(&self.metrics, ctx, "setting lookup")),
             }
         })
         .await

@@ -39,12 +39,23 @@ pub fn report(metrics: &Metrics, ctx: &RequestCtx, what: &str, e: &UpstreamError
         UpstreamError::ClientBody(msg) => {
             tracing::info!(request_id = ?ctx.request_id, error = %msg, "the client's request body failed");
         }
-        _ => {
-            metrics.upstream_error(e.kind());
-            tracing::warn!(request_id = ?ctx.request_id, kind = e.kind(), error = %e, "{what} failed");
-        }
+        _ => log_and_count(metrics, ctx, what, e.kind(), e),
     }
     answer(e)
+}
+
+/// The log line and the count of one upstream failure of `kind` (a label of
+/// `rcshim_upstream_errors_total`); the shim's own lookups, whose fail-closed answers are
+/// their own, report through this too.
+pub fn log_and_count(
+    metrics: &Metrics,
+    ctx: &RequestCtx,
+    what: &str,
+    kind: &'static str,
+    error: &dyn std::fmt::Display,
+) {
+    metrics.upstream_error(kind);
+    tracing::warn!(request_id = ?ctx.request_id, kind, error = %error, "{what} failed");
 }
 
 #[cfg(test)]
