@@ -379,11 +379,13 @@ impl Counters {
 }
 
 type GaugeFn = Box<dyn Fn() -> f64 + Send + Sync>;
+/// Full name, full help text (full stop included), reader.
+type ReadGauge = (&'static str, &'static str, GaugeFn);
 
 /// Gauges read at scrape time from their owners (cache size, rate-limit keys, ...), which
 /// come and go with config reloads; listed after every other family.
 #[derive(Clone, Default)]
-struct ReadGauges(Arc<Mutex<Vec<(&'static str, &'static str, GaugeFn)>>>);
+struct ReadGauges(Arc<Mutex<Vec<ReadGauge>>>);
 
 impl fmt::Debug for ReadGauges {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
