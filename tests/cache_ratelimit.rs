@@ -228,14 +228,7 @@ async fn max_bytes_bounds_the_cache() {
         .cache_evictions
         .load(std::sync::atomic::Ordering::Relaxed);
     assert!(evictions > 0);
-    let metrics = client()
-        .get(format!("{}/metrics", p.admin_url()))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = metrics_text(p.shim.admin_addr.expect("admin on")).await;
     assert!(metrics.contains("rcshim_cache_bytes "), "{metrics}");
     assert!(
         metrics.contains("rcshim_cache_stores_total 40"),

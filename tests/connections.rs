@@ -69,17 +69,9 @@ async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
 
 /// The value of an unlabelled metric on the admin listener.
 async fn metric(p: &Pair, name: &str) -> i64 {
-    let text = client()
-        .get(format!("{}/metrics", p.admin_url()))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
+    let text = metrics_text(p.shim.admin_addr.expect("admin on")).await;
+    metric_value(&text, name)
+        .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 

@@ -116,22 +116,10 @@ async fn get(url: &str) -> (u16, String) {
 
 /// The shim's `/metrics` line for one upstream error kind.
 async fn metric_line(shim: &Running, kind: &str) -> String {
-    let text = client()
-        .get(format!(
-            "http://{}/metrics",
-            shim.admin_addr.expect("admin on")
-        ))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    let prefix = format!("rcshim_upstream_errors_total{{kind=\"{kind}\"}} ");
-    text.lines()
-        .find(|l| l.starts_with(&prefix))
-        .unwrap_or_else(|| panic!("no {prefix} in /metrics"))
-        .to_owned()
+    let text = metrics_text(shim.admin_addr.expect("admin on")).await;
+    let name = format!("rcshim_upstream_errors_total{{kind=\"{kind}\"}}");
+    let value = metric_value(&text, &name).unwrap_or_else(|| panic!("no {name} in /metrics"));
+    format!("{name} {value}")
 }
 
 /// The next request is served normally, with the stand-in's own answer.

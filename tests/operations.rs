@@ -250,14 +250,7 @@ async fn sighup_reloads_a_valid_config_and_keeps_the_old_one_when_invalid() {
         Message::Text("still here".into())
     );
 
-    let m = c
-        .get(format!("http://{}/metrics", p.admin))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let m = metrics_text(&p.admin).await;
     assert!(m.contains("rcshim_config_reloads_ok_total 1"), "{m}");
     assert!(m.contains("rcshim_config_reloads_failed_total 1"), "{m}");
     let mut child = p.child;

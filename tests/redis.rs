@@ -206,14 +206,7 @@ async fn two_shims_share_one_budget_and_survive_redis_outages() {
         .ratelimit_redis_fallbacks
         .load(std::sync::atomic::Ordering::Relaxed);
     assert!(after > before, "fallback metric did not rise");
-    let m = client()
-        .get(format!("http://{}/metrics", a.admin_addr.expect("admin")))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let m = metrics_text(a.admin_addr.expect("admin")).await;
     assert!(m.contains("rcshim_ratelimit_redis_fallbacks_total"), "{m}");
     assert!(
         m.contains("rcshim_ratelimit_redis_duration_seconds_count"),

@@ -229,14 +229,7 @@ async fn guarded_endpoints_spend_the_per_ip_budget_before_identity() {
 #[tokio::test]
 async fn local_backend_metrics_list_no_redis_histogram() {
     let p = start(|c| c.rate_limit.enabled = true).await;
-    let text = client()
-        .get(format!("{}/metrics", p.admin_url()))
-        .send()
-        .await
-        .expect("send")
-        .text()
-        .await
-        .expect("text");
+    let text = metrics_text(p.shim.admin_addr.expect("admin on")).await;
     assert!(text.contains("rcshim_requests_total"), "{text}");
     assert!(
         !text.contains("rcshim_ratelimit_redis_duration_seconds"),
@@ -781,21 +774,9 @@ async fn cache_memory_stays_within_max_bytes_for_small_answers() {
     // Far more small answers than fit: the cache fills up to max_bytes and then evicts.
     fill(&p.addr, 2_000, 40_000).await;
     let after = rss(pid);
-    let metrics = client()
-        .get(format!("http://{}/metrics", p.admin))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    let gauge = |name: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
-            .unwrap_or_default()
-    };
-    let (entries, bytes) = (gauge("rcshim_cache_entries "), gauge("rcshim_cache_bytes "));
+    let metrics = metrics_text(&p.admin).await;
+    let gauge = |name: &str| metric_value(&metrics, name).unwrap_or_default().to_owned();
+    let (entries, bytes) = (gauge("rcshim_cache_entries"), gauge("rcshim_cache_bytes"));
     let _ = p.child.kill();
     let _ = p.child.wait();
     let growth = after.saturating_sub(before);

@@ -103,3 +103,27 @@ pub fn dead_port() -> u16 {
     drop(l);
     p
 }
+
+/// The body of the admin listener's `GET /metrics` at `admin` (`host:port`): the one way the
+/// tests read metrics, so that a change of encoder is seen in one place.
+pub async fn metrics_text(admin: impl std::fmt::Display) -> String {
+    client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body")
+}
+
+/// The value of one sample in a `/metrics` text. `name_with_labels` is the sample exactly as
+/// rendered before its value: `rcshim_open_tunnels` or
+/// `rcshim_upstream_errors_total{kind="connect"}`.
+pub fn metric_value<'a>(text: &'a str, name_with_labels: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(name_with_labels)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .map(str::trim)
+    })
+}
