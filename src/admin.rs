@@ -27,6 +27,7 @@ use crate::connection::clock::{AcceptBackoff, Tracked};
 use crate::connection::drive;
 use crate::connection::sniff::{ConnFlags, Sniffer};
 use crate::state::AppState;
+use crate::upstream::request;
 
 /// `/readyz` wants an upstream answer at least this recent (or a successful probe).
 const UPSTREAM_FRESH: Duration = Duration::from_secs(30);
@@ -133,14 +134,9 @@ fn upstream_fresh(app: &AppState) -> bool {
 async fn probe_upstream(app: &AppState) -> bool {
     let gen = app.generation();
     let path = format!("{}/api/info", gen.upstream.path_prefix);
-    let Ok(uri) = gen.upstream.uri(&path) else {
+    let Ok(req) = request::unattended(&gen.upstream, &path, http::HeaderMap::new()) else {
         return false;
     };
-    let mut req = Request::new(ProxyBody::empty());
-    *req.uri_mut() = uri;
-    if let Ok(h) = HeaderValue::from_str(gen.upstream.authority().as_str()) {
-        req.headers_mut().insert(header::HOST, h);
-    }
     matches!(
         tokio::time::timeout(Duration::from_secs(2), gen.upstream.send(req)).await,
         Ok(Ok(_))

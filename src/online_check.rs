@@ -20,16 +20,15 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
-use http::{Request, StatusCode};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::StatusCode;
 use hyper_util::client::legacy::connect::HttpInfo;
 use serde_json::Value;
 
-use rocketchat_shim::body::ProxyBody;
 use rocketchat_shim::config::{Config, DmHistoryEndpoint, ErrorStyle};
 use rocketchat_shim::dm_history::endpoint_setting::SETTING_ID;
 use rocketchat_shim::dm_history::lookup::read_body;
-use rocketchat_shim::upstream::Upstream;
+use rocketchat_shim::upstream::{request, Upstream};
 
 /// Largest answer read from `/api/info` or the setting (real ones are a few hundred bytes).
 const MAX_ANSWER: usize = 1024 * 1024;
@@ -113,13 +112,8 @@ async fn get(
     path: &str,
     cred: Option<(&str, &str)>,
 ) -> Result<Answer, String> {
-    let mut req = Request::new(ProxyBody::empty());
-    *req.uri_mut() = upstream.uri(path).map_err(|e| e.to_string())?;
-    let h = req.headers_mut();
-    // The client does not set Host itself (it forwards the client's); name the upstream.
-    if let Ok(host) = HeaderValue::from_str(upstream.authority().as_str()) {
-        h.insert(header::HOST, host);
-    }
+    let mut head = HeaderMap::new();
+    let h = &mut head;
     h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
     h.insert(
         header::USER_AGENT,
@@ -140,6 +134,7 @@ async fn get(
         t.set_sensitive(true);
         h.insert(HeaderName::from_static("x-auth-token"), t);
     }
+    let req = request::unattended(upstream, path, head).map_err(|e| e.to_string())?;
     let resp = upstream.send(req).await.map_err(|e| e.to_string())?;
     let status = resp.status();
     let peer = resp

@@ -100,6 +100,20 @@ pub fn own(
     Ok(req)
 }
 
+/// A request no client is behind: `GET {target}` with `head` and the upstream's authority as
+/// `Host` (see the module comment).
+pub fn unattended(
+    upstream: &Upstream,
+    target: &str,
+    mut head: HeaderMap,
+) -> Result<Request<ProxyBody>, UpstreamError> {
+    set_host(&mut head, None, upstream);
+    let mut req = Request::new(ProxyBody::empty());
+    *req.uri_mut() = upstream.uri(target)?;
+    *req.headers_mut() = head;
+    Ok(req)
+}
+
 /// `Host`: the given one, else the upstream's authority.
 fn set_host(h: &mut HeaderMap, host: Option<HeaderValue>, upstream: &Upstream) {
     match host {
