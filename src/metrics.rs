@@ -119,6 +119,7 @@ struct Inner {
     counters: Counters,
     /// Gauges read at render time from their owners (cache size, rate-limit keys, ...).
     gauges: std::sync::Mutex<Vec<(&'static str, &'static str, GaugeFn)>>,
+    front_door: FrontDoor,
 }
 
 type GaugeFn = Box<dyn Fn() -> f64 + Send + Sync>;
@@ -158,6 +159,7 @@ impl Metrics {
             redis_latency: Histogram::new(),
             counters: Counters::default(),
             gauges: std::sync::Mutex::new(Vec::new()),
+            front_door: FrontDoor::default(),
         }))
     }
 
@@ -428,6 +430,7 @@ impl Metrics {
                 v.load(Ordering::Relaxed)
             );
         }
+        i.front_door.render(&mut out);
         if let Ok(g) = i.gauges.lock() {
             for (name, help, f) in g.iter() {
                 let _ = writeln!(
@@ -438,5 +441,57 @@ impl Metrics {
             }
         }
         out
+    }
+}
+
+/// The front door's counters (spec section 10): TLS handshakes, the served certificate's
+/// expiry, PROXY protocol headers.
+#[derive(Default)]
+pub struct FrontDoor {
+    /// TLS handshakes completed.
+    pub tls_handshakes_ok: AtomicU64,
+    /// TLS handshakes that failed or did not finish within `header_read_timeout`.
+    pub tls_handshakes_failed: AtomicU64,
+    /// PROXY protocol headers accepted (LOCAL included).
+    pub proxy_accepted: AtomicU64,
+    /// Connections closed for a missing, malformed or untrusted PROXY header.
+    pub proxy_refused: AtomicU64,
+    /// The served certificate's `notAfter` (Unix seconds); 0 without TLS.
+    pub cert_not_after: AtomicI64,
+}
+
+impl FrontDoor {
+    fn render(&self, out: &mut String) {
+        let ok = self.tls_handshakes_ok.load(Ordering::Relaxed);
+        let failed = self.tls_handshakes_failed.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP rcshim_tls_handshakes_total TLS handshakes on the client listener, by outcome (failed: refused, broken or not finished within header_read_timeout).\n# TYPE rcshim_tls_handshakes_total counter\nrcshim_tls_handshakes_total{{outcome=\"ok\"}} {ok}\nrcshim_tls_handshakes_total{{outcome=\"failed\"}} {failed}"
+        );
+        let accepted = self.proxy_accepted.load(Ordering::Relaxed);
+        let refused = self.proxy_refused.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP rcshim_proxy_protocol_headers_total PROXY protocol headers, by outcome (refused: missing, malformed, late or from an untrusted peer; the connection was closed).\n# TYPE rcshim_proxy_protocol_headers_total counter\nrcshim_proxy_protocol_headers_total{{outcome=\"accepted\"}} {accepted}\nrcshim_proxy_protocol_headers_total{{outcome=\"refused\"}} {refused}"
+        );
+        let not_after = self.cert_not_after.load(Ordering::Relaxed);
+        if not_after != 0 {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "# HELP rcshim_tls_certificate_expiry_seconds Seconds until the served certificate's notAfter (negative once expired).\n# TYPE rcshim_tls_certificate_expiry_seconds gauge\nrcshim_tls_certificate_expiry_seconds {}",
+                not_after - now
+            );
+        }
+    }
+}
+
+impl Metrics {
+    /// The front door's counters.
+    pub fn front_door(&self) -> &FrontDoor {
+        &self.0.front_door
     }
 }

@@ -21,6 +21,8 @@ pub struct Generation {
     pub config: Arc<Config>,
     pub upstream: Upstream,
     pub dm: Arc<DmHistory>,
+    /// The TLS pair of `[server.tls]`, loaded for this generation (new connections use it).
+    pub tls: Option<Arc<crate::server::front::TlsServer>>,
 }
 
 /// Process-wide state.
@@ -49,6 +51,8 @@ pub struct RequestCtx {
     pub client_ip: IpAddr,
     pub peer_trusted: bool,
     pub request_id: HeaderValue,
+    /// The client connection came through TLS (`X-Forwarded-Proto: https`).
+    pub https: bool,
 }
 
 /// Facts for the access log that only the endpoint pipeline knows, carried in the response's

@@ -71,7 +71,7 @@ pub async fn get_json(
         h.insert(header::HOST, host);
     }
     h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-    headers::set_forwarding(&mut h, ctx.peer.ip(), ctx.client_ip, false, None);
+    headers::set_forwarding(&mut h, ctx.peer.ip(), ctx.client_ip, false, None, ctx.https);
     h.insert(&headers::X_REQUEST_ID, ctx.request_id.clone());
     let mut req = Request::new(ProxyBody::empty());
     *req.uri_mut() = upstream.uri(&target)?;

@@ -370,6 +370,7 @@ async fn fetch(
         ctx.client_ip,
         ctx.peer_trusted,
         host.as_ref(),
+        ctx.https,
     );
     if host.is_none() {
         if let Ok(v) = HeaderValue::from_str(upstream.authority().as_str()) {

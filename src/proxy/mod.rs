@@ -78,6 +78,7 @@ pub async fn forward(
         ctx.client_ip,
         ctx.peer_trusted,
         host.as_ref(),
+        ctx.https,
     );
     match &host {
         Some(h) => {

@@ -3,6 +3,7 @@
 //! the three roads, log and count it; drain gracefully; swap configurations on reload.
 
 pub mod clock;
+pub mod front;
 pub mod sniff;
 
 use std::convert::Infallible;
@@ -98,18 +99,35 @@ pub fn build_generation(
         metrics.clone(),
         previous.map(|p| p.dm.as_ref()),
     )?);
+    // The TLS pair is re-read on every reload (a renewal rewrites the files, not the config);
+    // one that does not load refuses the whole generation, so the old pair stays.
+    let tls = match &config.server.tls {
+        Some(t) => Some(Arc::new(front::load_tls(t)?)),
+        None => None,
+    };
     Ok(Generation {
         config,
         upstream,
         dm,
+        tls,
     })
 }
 
 fn reload(app: &AppState, config: Config) -> Result<(), String> {
     let current = app.generation();
     let gen = build_generation(config, &app.metrics, Some(&current))?;
+    set_cert_expiry(&app.metrics, &gen);
     app.current.store(Arc::new(gen));
     Ok(())
+}
+
+/// Points the certificate-expiry gauge at the generation's certificate.
+fn set_cert_expiry(metrics: &Metrics, gen: &Generation) {
+    let not_after = gen.tls.as_ref().map(|t| t.not_after).unwrap_or(0);
+    metrics
+        .front_door()
+        .cert_not_after
+        .store(not_after, Ordering::Relaxed);
 }
 
 /// Binds the listeners and starts serving in the background.
@@ -119,6 +137,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let listen = config.server.listen;
     let admin_listen = config.admin.listen;
     let gen = build_generation(config, &metrics, None).map_err(StartError::Setup)?;
+    set_cert_expiry(&metrics, &gen);
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -232,7 +251,7 @@ pub(crate) async fn drive<C>(
 
 async fn serve(listener: TcpListener, app: Arc<AppState>, shutdown: CancellationToken) {
     let config = app.generation().config.clone();
-    let builder = builder(&config);
+    let builder = Arc::new(builder(&config));
     let (head_timeout, idle_timeout) = (
         config.server.header_read_timeout,
         config.server.idle_timeout,
@@ -270,27 +289,44 @@ async fn serve(listener: TcpListener, app: Arc<AppState>, shutdown: Cancellation
         let _ = stream.set_nodelay(true);
         // The slot lives as long as the connection task or a tunnel born from it.
         let slot = ConnSlot::new(permit, &app.metrics);
+        // The PROXY header, the TLS handshake and the first head share this one deadline.
+        let deadline = tokio::time::Instant::now() + head_timeout;
         let flags = Arc::new(ConnFlags::new(head_timeout, idle_timeout));
-        let io = TokioIo::new(Sniffer::new(stream, flags.clone()));
+        let door = front_door(&app);
         let conn_app = app.clone();
-        let svc_flags = flags.clone();
-        let svc_slot = slot.clone();
-        let svc = service_fn(move |mut req: Request<Incoming>| {
-            // The head is here: the connection is busy until the response body is dropped.
-            let in_flight = svc_flags.clock.request_started();
-            if req.headers().contains_key(header::UPGRADE) {
-                req.extensions_mut().insert(svc_slot.clone());
-            }
-            let app = conn_app.clone();
-            let flags = svc_flags.clone();
-            async move {
-                let resp = handle(app, peer, flags, req).await;
-                Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
-            }
-        });
-        let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
+        let builder = builder.clone();
         let shutdown = shutdown.clone();
         conns.spawn(async move {
+            let opened = tokio::select! {
+                r = front::open(stream, peer, &door, deadline, &conn_app.metrics) => r,
+                _ = shutdown.cancelled() => return,
+            };
+            let (io, peer) = match opened {
+                Ok(x) => x,
+                Err(why) => {
+                    // Closed without an answer: there is no protocol yet to answer in.
+                    tracing::debug!(%peer, reason = ?why, "client connection refused at the front door");
+                    return;
+                }
+            };
+            let https = io.is_tls();
+            let io = TokioIo::new(Sniffer::new(io, flags.clone()));
+            let svc_flags = flags.clone();
+            let svc_slot = slot.clone();
+            let svc = service_fn(move |mut req: Request<Incoming>| {
+                // The head is here: the connection is busy until the response body is dropped.
+                let in_flight = svc_flags.clock.request_started();
+                if req.headers().contains_key(header::UPGRADE) {
+                    req.extensions_mut().insert(svc_slot.clone());
+                }
+                let app = conn_app.clone();
+                let flags = svc_flags.clone();
+                async move {
+                    let resp = handle(app, peer, flags, req, https).await;
+                    Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
+                }
+            });
+            let conn = builder.serve_connection_with_upgrades(io, svc);
             drive(conn, &flags, &shutdown, peer).await;
             drop(slot);
         });
@@ -345,11 +381,29 @@ fn check_head(req: &Request<Incoming>, flags: &ConnFlags, config: &Config) -> Op
     None
 }
 
+/// The front door a connection accepted now goes through (from the current generation, so a
+/// reload's new pair serves new connections).
+fn front_door(app: &AppState) -> front::FrontDoor {
+    let gen = app.generation();
+    let proxy_protocol = gen.config.server.proxy_protocol;
+    front::FrontDoor {
+        tls: gen.tls.clone(),
+        proxy_protocol,
+        // Only read with the PROXY protocol on (no allocation per connection otherwise).
+        trusted: if proxy_protocol {
+            gen.config.server.trusted_proxies.clone()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
 async fn handle(
     app: Arc<AppState>,
     peer: SocketAddr,
     flags: Arc<ConnFlags>,
     req: Request<Incoming>,
+    https: bool,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     let gen = app.generation();
@@ -360,6 +414,7 @@ async fn handle(
         client_ip: headers::client_ip(peer.ip(), req.headers(), trusted),
         peer_trusted: headers::is_trusted(peer.ip(), trusted),
         request_id: headers::request_id(req.headers()),
+        https,
     };
     // The access log's copies of the method and path, only when that log is on (a hot path).
     let logged = access_log::enabled().then(|| (req.method().clone(), req.uri().path().to_owned()));
