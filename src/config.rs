@@ -491,7 +491,10 @@ impl Config {
             // Whether the files load and match is checked where they are read (at start, on
             // reload and by `check`), so that a renewal can replace them without a new config.
             if tls.cert_file.as_os_str().is_empty() {
-                return bad("server.tls.cert_file", "must name the PEM certificate chain");
+                return bad(
+                    "server.tls.cert_file",
+                    "must name the PEM certificate chain",
+                );
             }
             if tls.key_file.as_os_str().is_empty() {
                 return bad("server.tls.key_file", "must name the PEM private key");

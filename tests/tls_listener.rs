@@ -138,7 +138,14 @@ async fn pkcs8_pkcs1_and_sec1_keys_all_serve() {
     let rsa8 = dir.join("rsa8.pem");
     let rsa1 = dir.join("rsa1.pem");
     let ok = std::process::Command::new("openssl")
-        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
         .arg(&rsa8)
         .stderr(std::process::Stdio::null())
         .status()
@@ -152,7 +159,10 @@ async fn pkcs8_pkcs1_and_sec1_keys_all_serve() {
             .status()
             .map(|s| s.success())
             .unwrap_or(false);
-    assert!(ok, "the PKCS#1 case needs the openssl command (Debian: apt-get install openssl)");
+    assert!(
+        ok,
+        "the PKCS#1 case needs the openssl command (Debian: apt-get install openssl)"
+    );
     let rsa_key =
         rcgen::KeyPair::from_pem(&std::fs::read_to_string(&rsa8).expect("read")).expect("rsa key");
     let rsa_cert = ca.leaf_with(&rsa_key, "pkcs1", 2030);
@@ -492,7 +502,10 @@ async fn a_stalled_handshake_is_cut_within_header_read_timeout_and_frees_its_slo
         .text()
         .await
         .expect("text");
-    assert!(m.contains("rcshim_tls_handshakes_total{outcome=\"failed\"} 2"), "{m}");
+    assert!(
+        m.contains("rcshim_tls_handshakes_total{outcome=\"failed\"} 2"),
+        "{m}"
+    );
 }
 
 #[tokio::test]

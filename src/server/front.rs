@@ -187,11 +187,15 @@ pub async fn open(
             Ok((ClientIo::Tls(Box::new(s)), client))
         }
         Ok(Err(e)) => {
-            counters.tls_handshakes_failed.fetch_add(1, Ordering::Relaxed);
+            counters
+                .tls_handshakes_failed
+                .fetch_add(1, Ordering::Relaxed);
             Err(Refused::Tls(e.to_string()))
         }
         Err(_) => {
-            counters.tls_handshakes_failed.fetch_add(1, Ordering::Relaxed);
+            counters
+                .tls_handshakes_failed
+                .fetch_add(1, Ordering::Relaxed);
             Err(Refused::Tls(
                 "handshake not finished within header_read_timeout".into(),
             ))
@@ -285,8 +289,7 @@ async fn read_proxy_header(
 
 fn parse_v1(line: &[u8]) -> Result<Option<SocketAddr>, String> {
     use ppp::v1::{Addresses, Header};
-    let header =
-        Header::try_from(line).map_err(|e| format!("a malformed PROXY v1 header: {e}"))?;
+    let header = Header::try_from(line).map_err(|e| format!("a malformed PROXY v1 header: {e}"))?;
     Ok(match header.addresses {
         Addresses::Tcp4(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
         Addresses::Tcp6(a) => Some(SocketAddr::from((a.source_address, a.source_port))),

@@ -151,7 +151,11 @@ where
             }
         }
         let n = s.read(&mut chunk).await.expect("read");
-        assert!(n > 0, "connection closed mid-response: {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "connection closed mid-response: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&chunk[..n]);
     }
     panic!("no complete response");
