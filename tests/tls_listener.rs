@@ -529,3 +529,28 @@ async fn handshake_and_first_head_share_the_deadline_from_accept() {
     assert_eq!(n, 0);
     assert!(started.elapsed() >= head_timeout);
 }
+
+#[test]
+fn the_tls_section_parses_and_needs_both_files() {
+    let path = std::path::Path::new("c.toml");
+    let c = Config::parse(
+        "[server]\nproxy_protocol = true\n[server.tls]\ncert_file = \"a.pem\"\nkey_file = \"b.pem\"\n",
+        path,
+    )
+    .expect("valid");
+    assert!(c.server.proxy_protocol);
+    let tls = c.server.tls.expect("tls");
+    assert_eq!(tls.cert_file, std::path::PathBuf::from("a.pem"));
+    assert_eq!(tls.key_file, std::path::PathBuf::from("b.pem"));
+    let e = Config::parse("[server.tls]\ncert_file = \"a.pem\"\n", path)
+        .expect_err("no key")
+        .to_string();
+    assert!(e.contains("server.tls.key_file"), "{e}");
+    let e = Config::parse("[server.tls]\ncert = \"a.pem\"\n", path)
+        .expect_err("unknown key")
+        .to_string();
+    assert!(e.contains("unknown field"), "{e}");
+    // The files are not read by `parse` (only at start, on reload and by `check`).
+    assert_eq!(Config::default().server.tls, None);
+    assert!(!Config::default().server.proxy_protocol);
+}
