@@ -224,6 +224,7 @@ async fn untrusted_peers_are_served_plain_and_closed_when_they_send_a_header() {
     let p = start(|c| {
         c.server.proxy_protocol = true;
         c.server.trusted_proxies = vec!["10.0.0.0/8".parse().expect("net")];
+        c.server.header_read_timeout = Duration::from_secs(1);
     })
     .await;
     let answer = raw(p.shim.addr, ECHO.as_bytes(), WAIT).await;
@@ -246,6 +247,15 @@ async fn untrusted_peers_are_served_plain_and_closed_when_they_send_a_header() {
         "POST /_standin/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
     let answer = raw(p.shim.addr, post.as_bytes(), WAIT).await;
     assert_eq!(status(&answer), "200", "{answer}");
+    // A silent untrusted peer owed no header: closed by the head bound, not counted.
+    let mut s = TcpStream::connect(p.shim.addr).await.expect("connect");
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("cut")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert_eq!((accepted(&p), refused(&p)), (0, 2));
 }
 
 #[tokio::test]

@@ -157,19 +157,29 @@ pub async fn open(
     let mut replay = Vec::new();
     if door.proxy_protocol {
         let required = headers::is_trusted(peer.ip(), &door.trusted);
-        let read = tokio::time::timeout_at(deadline, read_proxy_header(&mut stream, required))
-            .await
-            .unwrap_or_else(|_| Err("no PROXY header within header_read_timeout".into()));
+        let read =
+            tokio::time::timeout_at(deadline, read_proxy_header(&mut stream, required)).await;
         match read {
-            Ok((source, rest)) => {
+            Ok(Ok((source, rest))) => {
                 if let Some(source) = source {
                     client = source;
                 }
                 replay = rest;
             }
-            Err(why) => {
+            Ok(Err(why)) => {
                 counters.proxy_refused.fetch_add(1, Ordering::Relaxed);
                 return Err(Refused::Proxy(why));
+            }
+            // A silent untrusted peer owed no header: it is only a client without a head in
+            // time, closed as the head bound would have closed it, and not a PROXY refusal.
+            Err(_) if !required => {
+                return Err(Refused::Proxy("no request head in time".into()));
+            }
+            Err(_) => {
+                counters.proxy_refused.fetch_add(1, Ordering::Relaxed);
+                return Err(Refused::Proxy(
+                    "no PROXY header within header_read_timeout".into(),
+                ));
             }
         }
         if required {
