@@ -186,10 +186,30 @@ pub async fn open(
             counters.proxy_accepted.fetch_add(1, Ordering::Relaxed);
         }
     }
-    let io = Rewind::new(stream, replay);
     let Some(tls) = &door.tls else {
-        return Ok((ClientIo::Plain(io), client));
+        return Ok((ClientIo::Plain(Rewind::new(stream, replay)), client));
     };
+    if replay.is_empty() {
+        // A connection closed before its first byte (a balancer's TCP health check, a port
+        // probe) never tried a handshake: closed, not counted as a failed one. A silent one
+        // is cut at the deadline and counted.
+        let mut first = [0u8; 1];
+        match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return Err(Refused::Tls("closed before a ClientHello".into()));
+            }
+            Ok(Ok(_)) => {}
+            Err(_) => {
+                counters
+                    .tls_handshakes_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(Refused::Tls(
+                    "no ClientHello within header_read_timeout".into(),
+                ));
+            }
+        }
+    }
+    let io = Rewind::new(stream, replay);
     let acceptor = TlsAcceptor::from(tls.config.clone());
     match tokio::time::timeout_at(deadline, acceptor.accept(io)).await {
         Ok(Ok(s)) => {
