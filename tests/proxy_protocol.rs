@@ -382,6 +382,8 @@ async fn haproxy_send_proxy_v2_is_a_real_sender() {
     )
     .expect("write");
     let mut shim = proc::spawn_proc(&config);
+    // Stops the shim if an assertion below fails before its own SIGTERM.
+    let mut shim_guard = Disarm(Some(shim.child.id()));
     let front = dead_port();
     let hcfg = dir.join("haproxy.cfg");
     std::fs::write(
@@ -468,4 +470,20 @@ async fn haproxy_send_proxy_v2_is_a_real_sender() {
     drop(hp);
     proc::signal(&shim.child, "TERM");
     assert_eq!(proc::wait_exit(&mut shim.child, Duration::from_secs(20)), 0);
+    shim_guard.0 = None;
+}
+
+/// Sends SIGKILL to the process when dropped, unless disarmed (`.0 = None`) after it was
+/// waited for.
+struct Disarm(Option<u32>);
+
+impl Drop for Disarm {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = std::process::Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
+        }
+    }
 }
