@@ -194,7 +194,7 @@ http {{
   server {{
     listen 127.0.0.1:{port};
     listen 127.0.0.1:{h2port} http2;                # bench: h2c with prior knowledge (nginx < 1.25)
-    proxy_http_version 1.1;
+{tls}    proxy_http_version 1.1;
     proxy_set_header Connection $connection_upgrade;
     proxy_set_header Upgrade $http_upgrade;
     proxy_set_header Host $host;
@@ -215,6 +215,7 @@ listen = "127.0.0.1:{port}"
 max_connections = 20000
 shutdown_grace = "1s"
 {trusted}
+{tls}
 [admin]
 listen = "127.0.0.1:{admin}"
 [upstream]
@@ -255,12 +256,22 @@ class Bench:
 
     # ---- instances
 
-    def nginx(self, up_port, rate=NGINX_UNLIMITED_RATE, burst=NGINX_UNLIMITED_BURST, wc=4096, nofile=None):
+    def nginx(self, up_port, rate=NGINX_UNLIMITED_RATE, burst=NGINX_UNLIMITED_BURST, wc=4096, nofile=None,
+              tls=None):
         self.seq += 1
         d = os.path.join(self.tmp, f"nginx{self.seq}")
         os.makedirs(d)
         port, h2port = free_port(), free_port()
+        tls_port = free_port() if tls else None
+        tls_conf = ""
+        if tls:
+            # bench: scenario 9, the shim's certificate and protocols on a TLS listener
+            tls_conf = (f"    listen 127.0.0.1:{tls_port} ssl;                 # bench: scenario 9\n"
+                        f"    ssl_certificate {tls[0]};                       # bench\n"
+                        f"    ssl_certificate_key {tls[1]};                   # bench\n"
+                        "    ssl_protocols TLSv1.2 TLSv1.3;                  # bench\n")
         conf = NGINX_CONF.format(
+            tls=tls_conf,
             user="user root;                                  # bench: run as root in a temp dir\n"
             if os.geteuid() == 0
             else "",
@@ -289,7 +300,9 @@ class Bench:
         if not wait_port(h2port):
             raise RuntimeError("nginx h2 port not ready")
         worker = self.nginx_worker(proc.pid)
-        return Contender("nginx", port, worker, h2port), proc
+        c = Contender("nginx", port, worker, h2port)
+        c.tls_port = tls_port
+        return c, proc
 
     @staticmethod
     def nginx_worker(master):
@@ -306,7 +319,7 @@ class Bench:
             time.sleep(0.05)
         raise RuntimeError("nginx worker not found")
 
-    def shim(self, up_port, trusted=False, **limits):
+    def shim(self, up_port, trusted=False, tls=None, **limits):
         self.seq += 1
         lim = dict(UNLIMITED)
         lim.update(limits)
@@ -316,6 +329,7 @@ class Bench:
             admin=admin,
             up=up_port,
             trusted='trusted_proxies = ["127.0.0.0/8"]' if trusted else "",
+            tls=f'[server.tls]\ncert_file = "{tls[0]}"\nkey_file = "{tls[1]}"' if tls else "",
             **lim,
         )
         path = os.path.join(self.tmp, f"shim{self.seq}.toml")
@@ -333,6 +347,7 @@ class Bench:
         self.procs.append(proc)
         c = Contender("shim", port, proc.pid, port)
         c.admin = admin
+        c.tls_port = port if tls else None
         return c, proc
 
     def metrics(self, admin_port):
@@ -411,11 +426,11 @@ class Bench:
 
     # ---- load tools
 
-    def wrk(self, port, path, headers=(), secs=None):
+    def wrk(self, port, path, headers=(), secs=None, scheme="http"):
         argv = ["wrk", "-t1", "-c32", f"-d{secs}s", "--latency"]
         for h in headers:
             argv += ["-H", h]
-        argv.append(f"http://127.0.0.1:{port}{path}")
+        argv.append(f"{scheme}://127.0.0.1:{port}{path}")
         r = self.run(argv, timeout=secs + 30)
         return parse_wrk(r.stdout + r.stderr)
 
@@ -508,19 +523,20 @@ def pct(sorted_values, p):
 # scenarios
 
 
-def http_rounds(b, scenario, contenders, path, headers=(), expect="2xx", h2=False):
+def http_rounds(b, scenario, contenders, path, headers=(), expect="2xx", h2=False, tls=False):
     """A throughput scenario: warm up, measure, for each contender, over the rounds."""
     a = b.args
+    scheme = "https" if tls else "http"
     for r, c in b.rounds(contenders):
         b.standin.restart()
-        port = c.h2port if h2 else c.port
+        port = c.tls_port if tls else c.h2port if h2 else c.port
         if h2:
             if not a.short:
                 b.h2load(port, path, a.warm, 0)  # pools warm before the measured run's own warm-up
             res, m = b.measure(c, lambda: b.h2load(port, path, a.secs, a.warm))
         else:
-            b.wrk(port, path, headers, a.warm)
-            res, m = b.measure(c, lambda: b.wrk(port, path, headers, a.secs))
+            b.wrk(port, path, headers, a.warm, scheme)
+            res, m = b.measure(c, lambda: b.wrk(port, path, headers, a.secs, scheme))
         bad = res["socket_errors"]
         if expect == "2xx":
             bad += res["non2xx"]
@@ -570,6 +586,35 @@ def s4_cache_hit(b):
         for r in b.results.get(("4", name), []):
             if r.get("up_cpu", 0) > 0.10:
                 b.fail("4", name, f"upstream busy ({r['up_cpu'] * 100:.0f}% CPU): not served from cache")
+    b.stop(ngp, shp)
+
+
+def tls_pair(b):
+    """One ECDSA P-256 certificate for 127.0.0.1, served by both proxies in scenario 9."""
+    cert, key = os.path.join(b.tmp, "tls.crt"), os.path.join(b.tmp, "tls.key")
+    r = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", key, "-out", cert, "-days", "30", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"openssl could not make the scenario 9 certificate: {r.stderr.strip()}")
+    os.chmod(key, 0o644)  # nginx's worker runs as root here, the shim as this user
+    return cert, key
+
+
+def s9_tls(b):
+    print("\n== 9 TLS at the proxy (ECDSA P-256, wrk over https): pass-through 1 KB and cache hit", flush=True)
+    pair = tls_pair(b)
+    b.standin.restart()
+    ng, ngp = b.nginx(b.standin.port, tls=pair)
+    sh, shp = b.shim(b.standin.port, tls=pair)
+    http_rounds(b, "9tls", [ng, sh], SMALL, tls=True)
+    http_rounds(b, "9tlshit", [ng, sh], ENDPOINT, ADMIN_HEADERS, tls=True)
+    for name in ("nginx", "shim"):
+        for r in b.results.get(("9tlshit", name), []):
+            if r.get("up_cpu", 0) > 0.10:
+                b.fail("9", name, f"upstream busy ({r['up_cpu'] * 100:.0f}% CPU): not served from cache")
     b.stop(ngp, shp)
 
 
@@ -812,6 +857,8 @@ ROWS = [
     ("7echo", "7 websocket echo", "rt/s"),
     ("7idle", "7 idle websocket tunnels", "KB/tunnel"),
     ("8", "8 rate-limit keys", "req/s"),
+    ("9tls", "9 TLS pass-through GET 1 KB", "req/s"),
+    ("9tlshit", "9 TLS endpoint, cache hit", "req/s"),
 ]
 
 
@@ -922,6 +969,7 @@ SCENARIOS = {
     "6": s6_ratelimit,
     "7": s7_websocket,
     "8": s8_keys,
+    "9": s9_tls,
 }
 
 
@@ -934,7 +982,7 @@ def main():
     p.add_argument("--short", action="store_true", help="2 rounds of 1 s runs, smaller memory scenarios (a smoke test, under 2 minutes)")
     p.add_argument("--rounds", type=int)
     p.add_argument("--secs", type=int, help="seconds per measured run")
-    p.add_argument("--only", default="12345678", help="scenarios to run, e.g. 14")
+    p.add_argument("--only", default="123456789", help="scenarios to run, e.g. 14")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs)")
     a = p.parse_args()
     a.rounds = a.rounds or (2 if a.short else 3)

@@ -19,6 +19,7 @@ need h2load nghttp2-client
 need curl curl
 need taskset util-linux
 need python3 python3
+need openssl openssl
 if ((${#missing[@]})); then
     echo "bench/run.sh: missing tools: ${missing[*]}" >&2
     echo "install them with: apt-get install -y ${missing[*]}" >&2

@@ -206,7 +206,7 @@ fn bench_headers(c: &mut Criterion) {
     g.bench_function("set_forwarding/untrusted_peer", |b| {
         b.iter(|| {
             let mut h = black_box(&plain).clone();
-            set_forwarding(&mut h, peer, peer, false, host.as_ref());
+            set_forwarding(&mut h, peer, peer, false, host.as_ref(), false);
             h
         })
     });
@@ -214,7 +214,7 @@ fn bench_headers(c: &mut Criterion) {
         let client = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
         b.iter(|| {
             let mut h = black_box(&forwarded).clone();
-            set_forwarding(&mut h, peer, client, true, host.as_ref());
+            set_forwarding(&mut h, peer, client, true, host.as_ref(), false);
             h
         })
     });

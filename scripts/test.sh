@@ -4,7 +4,8 @@
 #   bash scripts/test.sh          # from any directory
 #
 # Steps, in order; the first failure stops the script with a non-zero status:
-#   0. install Debian's redis-server / redis-tools when missing (tests/redis.rs needs them)
+#   0. install Debian's redis-server / redis-tools when missing (tests/redis.rs needs them) and
+#      haproxy (tests/proxy_protocol.rs starts one as a send-proxy-v2 sender)
 #   1. cargo build --workspace --bins   (the shim and the stand-in Rocket.Chat)
 #   2. cargo test --workspace
 #   3. (reserved for more suites, e.g. redis / nginx: see the marked section below)
@@ -35,6 +36,8 @@ command -v cargo >/dev/null 2>&1 \
 need_pkgs=()
 command -v redis-server >/dev/null 2>&1 || need_pkgs+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need_pkgs+=(redis-tools)
+# HAProxy: tests/proxy_protocol.rs starts one as a real send-proxy-v2 sender.
+command -v haproxy >/dev/null 2>&1 || need_pkgs+=(haproxy)
 if ((${#need_pkgs[@]})); then
   say "installing ${need_pkgs[*]} (Debian packages)"
   command -v apt-get >/dev/null 2>&1 \
@@ -46,6 +49,7 @@ if ((${#need_pkgs[@]})); then
     || die "apt-get install ${need_pkgs[*]} failed"
   # The package starts a system-wide instance on 6379; the tests start their own.
   command -v systemctl >/dev/null 2>&1 && $SUDO systemctl stop redis-server >/dev/null 2>&1 || true
+  command -v systemctl >/dev/null 2>&1 && $SUDO systemctl stop haproxy >/dev/null 2>&1 || true
 fi
 
 say "cargo build --workspace --bins"

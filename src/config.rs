@@ -45,6 +45,22 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<IpNet>,
     #[serde(deserialize_with = "de_duration")]
     pub shutdown_grace: Duration,
+    /// Peers in `trusted_proxies` must open with a PROXY protocol (v1 or v2) header, whose
+    /// source address is then the client's (spec section 10).
+    pub proxy_protocol: bool,
+    /// `[server.tls]`: terminate TLS on `listen` when present.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`: the certificate chain and key served on `server.listen`, both PEM files,
+/// re-read on every reload (SIGHUP).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// The private key: PKCS#8, PKCS#1 or SEC1.
+    pub key_file: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +73,8 @@ impl Default for ServerConfig {
             max_connections: 10000,
             trusted_proxies: Vec::new(),
             shutdown_grace: Duration::from_secs(30),
+            proxy_protocol: false,
+            tls: None,
         }
     }
 }
@@ -560,6 +578,19 @@ impl Config {
         }
         if self.server.max_connections == 0 {
             return bad("server.max_connections", "must be at least 1");
+        }
+        if let Some(tls) = &self.server.tls {
+            // Whether the files load and match is checked where they are read (at start, on
+            // reload and by `check`), so that a renewal can replace them without a new config.
+            if tls.cert_file.as_os_str().is_empty() {
+                return bad(
+                    "server.tls.cert_file",
+                    "must name the PEM certificate chain",
+                );
+            }
+            if tls.key_file.as_os_str().is_empty() {
+                return bad("server.tls.key_file", "must name the PEM private key");
+            }
         }
         if self.rate_limit.per_user.requests == 0 {
             return bad("rate_limit.per_user.requests", "must be at least 1");

@@ -145,13 +145,15 @@ fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
 ///
 /// `X-Forwarded-For` gets the peer appended (the client's own value is dropped unless the peer
 /// is trusted); `X-Real-IP` becomes the client address; `X-Forwarded-Proto` and
-/// `X-Forwarded-Host` are set (kept only from a trusted peer).
+/// `X-Forwarded-Host` are set (kept only from a trusted peer); `https`: the client connection
+/// came through the shim's own TLS.
 pub fn set_forwarding(
     headers: &mut HeaderMap,
     peer: IpAddr,
     client: IpAddr,
     peer_trusted: bool,
     host: Option<&HeaderValue>,
+    https: bool,
 ) {
     let peer = canonical_ip(peer);
     let peer_s = ip_value(peer);
@@ -180,7 +182,8 @@ pub fn set_forwarding(
     }
     headers.insert(&X_REAL_IP, ip_value(client));
     if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        let proto = if https { "https" } else { "http" };
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
         match host {
@@ -337,7 +340,7 @@ mod tests {
         ]);
         let peer: IpAddr = "127.0.0.1".parse().expect("ip");
         let host = HeaderValue::from_static("chat.example");
-        set_forwarding(&mut h, peer, peer, false, Some(&host));
+        set_forwarding(&mut h, peer, peer, false, Some(&host), false);
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-real-ip"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -352,7 +355,7 @@ mod tests {
         ]);
         let peer: IpAddr = "10.0.0.1".parse().expect("ip");
         let client: IpAddr = "1.2.3.4".parse().expect("ip");
-        set_forwarding(&mut h, peer, client, true, None);
+        set_forwarding(&mut h, peer, client, true, None, false);
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.1");
         assert_eq!(h["x-real-ip"], "1.2.3.4");
         assert_eq!(h["x-forwarded-proto"], "https");

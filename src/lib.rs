@@ -34,7 +34,7 @@ pub mod audit;
 pub mod body;
 pub mod cache;
 pub mod config;
-pub(crate) mod connection;
+pub mod connection;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod dm_history;

@@ -55,6 +55,11 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check { online }) => match Config::load(&path) {
             Ok(config) => {
+                // The files the config names (the TLS pair) must load too, as at start.
+                if let Err(e) = rocketchat_shim::connection::front::check_files(&config) {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
                 println!("ok");
                 if online {
                     return online_check::main(&config);

@@ -20,7 +20,7 @@
 
 use std::fmt;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -428,6 +428,7 @@ struct Inner {
     redis_backend: Arc<AtomicBool>,
     counters: Counters,
     gauges: ReadGauges,
+    front_door: FrontDoor,
     /// Holds clones of everything above (sharing their atomics), for rendering.
     registry: Registry,
 }
@@ -465,6 +466,7 @@ impl Metrics {
         let redis_backend = Arc::new(AtomicBool::new(false));
         let counters = Counters::default();
         let gauges = ReadGauges::default();
+        let front_door = FrontDoor::default();
 
         let mut r = Registry::default();
         // An `Info` renders as `<name>_info{...} 1` with type gauge: `rcshim_build_info`.
@@ -530,6 +532,7 @@ impl Metrics {
         for (name, help, count) in counters.table() {
             r.register(name, help, count.0.clone());
         }
+        front_door.register(&mut r);
         r.register_collector(Box::new(gauges.clone()));
 
         Metrics(Arc::new(Inner {
@@ -543,6 +546,7 @@ impl Metrics {
             redis_backend,
             counters,
             gauges,
+            front_door,
             registry: r,
         }))
     }
@@ -637,5 +641,96 @@ impl Metrics {
         // Writing into a `String` cannot fail; a collector's error would only cut the text.
         let _ = prometheus_text::encode(&mut out, &self.0.registry);
         out
+    }
+}
+
+/// The front door's metrics (spec/shim.md §10): TLS handshakes by outcome, PROXY protocol
+/// headers by outcome, and the served certificate's expiry (listed only while TLS is on).
+/// Callers bump the counters as atomics (`fetch_add(1, Relaxed)`).
+#[derive(Default)]
+pub struct FrontDoor {
+    /// TLS handshakes completed.
+    pub tls_handshakes_ok: Count,
+    /// TLS handshakes that failed or did not finish within `header_read_timeout`.
+    pub tls_handshakes_failed: Count,
+    /// PROXY protocol headers accepted (LOCAL included).
+    pub proxy_accepted: Count,
+    /// Connections closed for a missing, malformed or untrusted PROXY header.
+    pub proxy_refused: Count,
+    /// The served certificate's `notAfter` (Unix seconds); 0 without TLS.
+    pub cert_not_after: CertExpiry,
+}
+
+impl FrontDoor {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "rcshim_tls_handshakes",
+            "TLS handshakes on the client listener, by outcome (failed: refused, broken or not finished within header_read_timeout)",
+            Labelled {
+                label: "outcome",
+                children: vec![
+                    ("ok", self.tls_handshakes_ok.0.clone()),
+                    ("failed", self.tls_handshakes_failed.0.clone()),
+                ],
+            },
+        );
+        r.register(
+            "rcshim_proxy_protocol_headers",
+            "PROXY protocol headers, by outcome (refused: missing, malformed, late or from an untrusted peer; the connection was closed)",
+            Labelled {
+                label: "outcome",
+                children: vec![
+                    ("accepted", self.proxy_accepted.0.clone()),
+                    ("refused", self.proxy_refused.0.clone()),
+                ],
+            },
+        );
+        r.register(
+            "rcshim_tls_certificate_expiry_seconds",
+            "Seconds until the served certificate's notAfter (negative once expired)",
+            self.cert_not_after.clone(),
+        );
+    }
+}
+
+/// The served certificate's `notAfter` (Unix seconds, 0 = no TLS), rendered as the seconds
+/// left until then; not listed at all while it is 0.
+#[derive(Debug, Clone, Default)]
+pub struct CertExpiry(Arc<AtomicI64>);
+
+impl Deref for CertExpiry {
+    type Target = AtomicI64;
+
+    fn deref(&self) -> &AtomicI64 {
+        &self.0
+    }
+}
+
+impl TypedMetric for CertExpiry {
+    const TYPE: MetricType = MetricType::Gauge;
+}
+
+impl EncodeMetric for CertExpiry {
+    fn encode(&self, encoder: MetricEncoder) -> fmt::Result {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        ConstGauge::new(self.0.load(Ordering::Relaxed) - now).encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == 0
+    }
+}
+
+impl Metrics {
+    /// The front door's metrics.
+    pub fn front_door(&self) -> &FrontDoor {
+        &self.0.front_door
     }
 }

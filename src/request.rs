@@ -14,6 +14,8 @@ pub struct RequestCtx {
     pub client_ip: IpAddr,
     pub peer_trusted: bool,
     pub request_id: HeaderValue,
+    /// The client connection came through TLS (`X-Forwarded-Proto: https`).
+    pub https: bool,
 }
 
 /// Facts for the access log that only the endpoint pipeline knows, carried in the response's

@@ -20,6 +20,8 @@ pub struct Generation {
     pub upstream: Upstream,
     /// The intercepted endpoint's state (policy inputs, cache, budgets).
     pub endpoint: Arc<DmHistory>,
+    /// The TLS pair of `[server.tls]`, loaded for this generation (new connections use it).
+    pub tls: Option<Arc<crate::connection::front::TlsServer>>,
 }
 
 /// Process-wide state.

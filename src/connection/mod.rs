@@ -1,10 +1,12 @@
 //! One client connection's life, below the listeners that accept it (the client port in
-//! `server/`, the admin port in `admin.rs`): the byte-level sniffer that sees what hyper hides
+//! `server/`, the admin port in `admin.rs`): the front door (`front.rs`: the PROXY protocol
+//! header and the TLS handshake, within the first head's deadline), the byte-level sniffer that sees what hyper hides
 //! (`sniff.rs`: CL+TE conflicts, the HTTP/2 preface), the clock that bounds how long it may
 //! stay without a request and the slot it holds (`clock.rs`), and [`drive`], which serves it
 //! until it ends, drains, or runs out of time.
 
 pub mod clock;
+pub mod front;
 pub mod sniff;
 
 use std::net::SocketAddr;

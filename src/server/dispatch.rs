@@ -67,6 +67,7 @@ pub(super) async fn dispatch(
     peer: SocketAddr,
     flags: Arc<ConnFlags>,
     req: Request<Incoming>,
+    https: bool,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     let gen = app.generation();
@@ -77,6 +78,7 @@ pub(super) async fn dispatch(
         client_ip: headers::client_ip(peer.ip(), req.headers(), trusted),
         peer_trusted: headers::is_trusted(peer.ip(), trusted),
         request_id: headers::request_id(req.headers()),
+        https,
     };
     // The access log's copies of the method and path, only when that log is on (a hot path).
     let logged = access_log::enabled().then(|| (req.method().clone(), req.uri().path().to_owned()));

@@ -26,6 +26,7 @@ mod dispatch;
 use crate::config::Config;
 use crate::connection::clock::{AcceptBackoff, ConnSlot, Tracked};
 use crate::connection::drive;
+use crate::connection::front;
 use crate::connection::sniff::{ConnFlags, Sniffer};
 use crate::dm_history::DmHistory;
 use crate::metrics::Metrics;
@@ -94,18 +95,35 @@ pub fn build_generation(
         metrics.clone(),
         previous.map(|p| p.endpoint.as_ref()),
     )?);
+    // The TLS pair is re-read on every reload (a renewal rewrites the files, not the config);
+    // one that does not load refuses the whole generation, so the old pair stays.
+    let tls = match &config.server.tls {
+        Some(t) => Some(Arc::new(front::load_tls(t)?)),
+        None => None,
+    };
     Ok(Generation {
         config,
         upstream,
         endpoint,
+        tls,
     })
 }
 
 fn reload(app: &AppState, config: Config) -> Result<(), String> {
     let current = app.generation();
     let gen = build_generation(config, &app.metrics, Some(&current))?;
+    set_cert_expiry(&app.metrics, &gen);
     app.current.store(Arc::new(gen));
     Ok(())
+}
+
+/// Points the certificate-expiry gauge at the generation's certificate.
+fn set_cert_expiry(metrics: &Metrics, gen: &Generation) {
+    let not_after = gen.tls.as_ref().map(|t| t.not_after).unwrap_or(0);
+    metrics
+        .front_door()
+        .cert_not_after
+        .store(not_after, Ordering::Relaxed);
 }
 
 /// Binds the listeners and starts serving in the background.
@@ -115,6 +133,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let listen = config.server.listen;
     let admin_listen = config.admin.listen;
     let gen = build_generation(config, &metrics, None).map_err(StartError::Setup)?;
+    set_cert_expiry(&metrics, &gen);
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -198,7 +217,7 @@ fn raise_nofile_limit() {
 
 async fn serve(listener: TcpListener, app: Arc<AppState>, shutdown: CancellationToken) {
     let config = app.generation().config.clone();
-    let builder = builder(&config);
+    let builder = Arc::new(builder(&config));
     let (head_timeout, idle_timeout) = (
         config.server.header_read_timeout,
         config.server.idle_timeout,
@@ -236,27 +255,44 @@ async fn serve(listener: TcpListener, app: Arc<AppState>, shutdown: Cancellation
         let _ = stream.set_nodelay(true);
         // The slot lives as long as the connection task or a tunnel born from it.
         let slot = ConnSlot::new(permit, &app.metrics);
+        // The PROXY header, the TLS handshake and the first head share this one deadline.
+        let deadline = tokio::time::Instant::now() + head_timeout;
         let flags = Arc::new(ConnFlags::new(head_timeout, idle_timeout));
-        let io = TokioIo::new(Sniffer::new(ReadCap::new(stream), flags.clone()));
+        let door = front_door(&app);
         let conn_app = app.clone();
-        let svc_flags = flags.clone();
-        let svc_slot = slot.clone();
-        let svc = service_fn(move |mut req: Request<Incoming>| {
-            // The head is here: the connection is busy until the response body is dropped.
-            let in_flight = svc_flags.clock.request_started();
-            if req.headers().contains_key(header::UPGRADE) {
-                req.extensions_mut().insert(svc_slot.clone());
-            }
-            let app = conn_app.clone();
-            let flags = svc_flags.clone();
-            async move {
-                let resp = dispatch::dispatch(app, peer, flags, req).await;
-                Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
-            }
-        });
-        let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
+        let builder = builder.clone();
         let shutdown = shutdown.clone();
         conns.spawn(async move {
+            let opened = tokio::select! {
+                r = front::open(stream, peer, &door, deadline, &conn_app.metrics) => r,
+                _ = shutdown.cancelled() => return,
+            };
+            let (io, peer) = match opened {
+                Ok(x) => x,
+                Err(why) => {
+                    // Closed without an answer: there is no protocol yet to answer in.
+                    tracing::debug!(%peer, reason = ?why, "client connection refused at the front door");
+                    return;
+                }
+            };
+            let https = io.is_tls();
+            let io = TokioIo::new(Sniffer::new(ReadCap::new(io), flags.clone()));
+            let svc_flags = flags.clone();
+            let svc_slot = slot.clone();
+            let svc = service_fn(move |mut req: Request<Incoming>| {
+                // The head is here: the connection is busy until the response body is dropped.
+                let in_flight = svc_flags.clock.request_started();
+                if req.headers().contains_key(header::UPGRADE) {
+                    req.extensions_mut().insert(svc_slot.clone());
+                }
+                let app = conn_app.clone();
+                let flags = svc_flags.clone();
+                async move {
+                    let resp = dispatch::dispatch(app, peer, flags, req, https).await;
+                    Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
+                }
+            });
+            let conn = builder.serve_connection_with_upgrades(io, svc);
             drive(conn, &flags, &shutdown, peer).await;
             drop(slot);
         });
@@ -274,6 +310,23 @@ async fn serve(listener: TcpListener, app: Arc<AppState>, shutdown: Cancellation
     match drained {
         Ok(()) => tracing::info!("drained"),
         Err(_) => tracing::warn!("shutdown_grace elapsed with requests or tunnels still open"),
+    }
+}
+
+/// The front door a connection accepted now goes through (from the current generation, so a
+/// reload's new pair serves new connections).
+fn front_door(app: &AppState) -> front::FrontDoor {
+    let gen = app.generation();
+    let proxy_protocol = gen.config.server.proxy_protocol;
+    front::FrontDoor {
+        tls: gen.tls.clone(),
+        proxy_protocol,
+        // Only read with the PROXY protocol on (no allocation per connection otherwise).
+        trusted: if proxy_protocol {
+            gen.config.server.trusted_proxies.clone()
+        } else {
+            Vec::new()
+        },
     }
 }
 

@@ -62,6 +62,7 @@ pub fn pass_through(
         ctx.client_ip,
         ctx.peer_trusted,
         host.as_ref(),
+        ctx.https,
     );
     set_host(&mut parts.headers, host, upstream);
     parts
@@ -91,6 +92,7 @@ pub fn own(
         ctx.client_ip,
         false,
         host.as_ref(),
+        ctx.https,
     );
     set_host(&mut head, host, upstream);
     head.insert(&headers::X_REQUEST_ID, ctx.request_id.clone());
