@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 mod dispatch;
 
+use crate::audit::{AuditError, AuditTrail};
 use crate::config::Config;
 use crate::connection::clock::{AcceptBackoff, ConnSlot, Tracked};
 use crate::connection::drive;
@@ -43,6 +44,10 @@ pub enum StartError {
     },
     #[error("{0}")]
     Setup(String),
+    /// `audit.enabled` and the trail cannot be opened (unreadable or unwritable path, a
+    /// missing HMAC key): a start-up failure, exit 1 with the reason.
+    #[error("{0}")]
+    Audit(#[from] AuditError),
 }
 
 /// A running shim.
@@ -114,6 +119,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics = Metrics::new();
     let listen = config.server.listen;
     let admin_listen = config.admin.listen;
+    let audit = open_audit(&config).await?;
     let gen = build_generation(config, &metrics, None).map_err(StartError::Setup)?;
     let listener = TcpListener::bind(listen)
         .await
@@ -141,6 +147,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tunnels: TaskTracker::new(),
         draining: AtomicBool::new(false),
         started: Instant::now(),
+        audit,
     });
     let shutdown = CancellationToken::new();
     if let Some(l) = admin_listener {
@@ -159,6 +166,21 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown,
         done,
     })
+}
+
+/// Opens the audit trail when `audit.enabled` (blocking file I/O, so off the runtime's
+/// threads): once per process, before the listeners, so that a path that cannot be read or
+/// written stops the start with its reason instead of failing the first request.
+async fn open_audit(config: &Config) -> Result<Option<AuditTrail>, StartError> {
+    if !config.audit.enabled {
+        return Ok(None);
+    }
+    let audit = config.audit.clone();
+    let trail = tokio::task::spawn_blocking(move || AuditTrail::open(&audit))
+        .await
+        .map_err(|e| AuditError::Spawn(e.to_string()))??;
+    tracing::info!(path = %trail.path().display(), instance = trail.instance(), "audit trail open");
+    Ok(Some(trail))
 }
 
 /// HTTP/2 per-stream buffer toward a slow reader and receive window (see `builder`).
@@ -274,6 +296,11 @@ async fn serve(listener: TcpListener, app: Arc<AppState>, shutdown: Cancellation
     match drained {
         Ok(()) => tracing::info!("drained"),
         Err(_) => tracing::warn!("shutdown_grace elapsed with requests or tunnels still open"),
+    }
+    // After the drain: what the finished requests queued is written, then the file closes.
+    if let Some(trail) = &app.audit {
+        trail.clone().close().await;
+        tracing::info!("audit trail closed");
     }
 }
 
