@@ -27,6 +27,7 @@ pub mod credential;
 pub mod endpoint_setting;
 pub mod identity;
 pub mod lookup;
+pub mod members;
 pub mod params;
 pub mod permission_roles;
 pub mod policy;
@@ -50,6 +51,7 @@ use crate::upstream::Upstream;
 use credential::Credential;
 use endpoint_setting::EndpointSetting;
 use identity::{Identities, Verified};
+use members::Members;
 use params::{CanonicalQuery, RawQuery};
 use permission_roles::PermissionRoles;
 use policy::{Check, Identity};
@@ -64,6 +66,8 @@ pub struct DmHistory {
     setting: Arc<EndpointSetting>,
     limits: Arc<RateLimits>,
     cache: Option<ResponseCache>,
+    /// Rooms' members for the audit records (kept across a reload to the same upstream).
+    members: Arc<Members>,
 }
 
 impl DmHistory {
