@@ -796,6 +796,11 @@ async fn fifty_concurrent_clients_leave_fifty_records() {
     }
     let recs = records(&path);
     assert_eq!(recs.len(), 50);
+    // Fifty concurrent first lookups of one room's members: one upstream call.
+    assert_eq!(
+        pair.standin.count_path("/api/v1/rooms.adminRooms.getRoom"),
+        1
+    );
     for (i, d) in digests.iter().enumerate() {
         let r = recs
             .iter()
@@ -897,4 +902,73 @@ async fn sigkill_leaves_a_record_for_every_200_sent() {
     assert!(missing.is_empty(), "200s without a record: {missing:?}");
     assert!(ids.len() >= got.len());
     standin.shutdown().await;
+}
+
+/// `rocketchat-shim demo` with the trail on: its curl commands run through `sh`, then the
+/// `audit verify` and `audit report --user alice` commands it prints, with the built binary.
+#[test]
+fn the_demo_prints_verify_and_report_commands_that_work() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = Command::new(BIN)
+        .arg("demo")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let (mut curls, mut audits) = (Vec::new(), Vec::new());
+    for line in BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .take(300)
+    {
+        if line.starts_with("Press Ctrl-C") {
+            break;
+        }
+        if line.starts_with("curl ") || line.starts_with("for ") {
+            curls.push(line);
+        } else if let Some(rest) = line.strip_prefix("rocketchat-shim audit ") {
+            audits.push(rest.to_owned());
+        }
+    }
+    for c in &curls {
+        Command::new("sh")
+            .arg("-c")
+            .arg(c)
+            .output()
+            .expect("sh runs");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(audits.len(), 2, "{audits:?}");
+    let run = |args: &str| {
+        let out = Command::new(BIN)
+            .arg("audit")
+            .args(args.split(' '))
+            .output()
+            .expect("run audit");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, verify) = run(&audits[0]);
+    assert!(audits[0].starts_with("verify "), "{audits:?}");
+    // 200 (miss), 200 (hit), 401, 403, three 400s and the eight requests of the 429 loop.
+    assert_eq!(code, Some(0), "{verify}");
+    assert!(
+        verify.starts_with("ok: 15 records, last seq 15, last hash "),
+        "{verify}"
+    );
+    let (code, report) = run(&audits[1]);
+    assert!(audits[1].starts_with("report --user alice "), "{audits:?}");
+    assert_eq!(code, Some(0), "{report}");
+    assert!(
+        report.contains("admin") && report.contains("alice-idbob-id"),
+        "{report}"
+    );
+    let file = audits[0].trim_start_matches("verify ");
+    let _ = std::fs::remove_file(file);
 }

@@ -119,7 +119,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics = Metrics::new();
     let listen = config.server.listen;
     let admin_listen = config.admin.listen;
-    let audit = open_audit(&config).await?;
     let gen = build_generation(config, &metrics, None).map_err(StartError::Setup)?;
     let listener = TcpListener::bind(listen)
         .await
@@ -140,6 +139,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         None => None,
     };
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    // Last of what can fail: a start that fails after this would leave the writer closing
+    // in the background, and a retry on the same path would find it still open.
+    let audit = open_audit(&gen.config).await?;
 
     let app = Arc::new(AppState {
         current: ArcSwap::from_pointee(gen),
