@@ -823,8 +823,10 @@ async fn the_trail_is_closed_after_the_drain() {
     shim.shutdown();
     shim.wait().await;
     // Closed: this process may open the path again, and the record is there.
-    let mut cfg = rocketchat_shim::config::AuditConfig::default();
-    cfg.path = path.clone();
+    let cfg = rocketchat_shim::config::AuditConfig {
+        path: path.clone(),
+        ..Default::default()
+    };
     let again = rocketchat_shim::audit::AuditTrail::open(&cfg).expect("reopened after close");
     again.close().await;
     assert_eq!(records(&path).len(), 1);
