@@ -747,6 +747,8 @@ async fn deny_withholds_the_answer_while_the_trail_cannot_be_written_then_recove
         2.0
     );
     assert!(metric(&http, &pair, "rcshim_audit_fsync_duration_seconds_count").await >= 2.0);
+    assert_eq!(metric(&http, &pair, "rcshim_audit_alerts_total").await, 0.0);
+    assert_eq!(metric(&http, &pair, "rcshim_audit_failing").await, 0.0);
 }
 
 #[tokio::test]
