@@ -229,6 +229,15 @@ ttl = "5s"
 [rate_limit]
 per_user = {{ requests = {user_n}, per = "{user_per}" }}
 per_ip = {{ requests = {ip_n}, per = "{ip_per}" }}
+{extra}
+"""
+
+# Scenario 10: the audit trail on (one file per shim, in the run's temporary directory).
+AUDIT_CONF = """[audit]
+enabled = true
+path = "{path}"
+instance = "bench"
+fsync = "{fsync}"
 """
 
 # nginx's proxy_cache_valid is 5 s; the shim's cache ttl is the same. Limits that never refuse
@@ -319,7 +328,7 @@ class Bench:
             time.sleep(0.05)
         raise RuntimeError("nginx worker not found")
 
-    def shim(self, up_port, trusted=False, tls=None, **limits):
+    def shim(self, up_port, trusted=False, tls=None, extra="", **limits):
         self.seq += 1
         lim = dict(UNLIMITED)
         lim.update(limits)
@@ -330,6 +339,7 @@ class Bench:
             up=up_port,
             trusted='trusted_proxies = ["127.0.0.0/8"]' if trusted else "",
             tls=f'[server.tls]\ncert_file = "{tls[0]}"\nkey_file = "{tls[1]}"' if tls else "",
+            extra=extra,
             **lim,
         )
         path = os.path.join(self.tmp, f"shim{self.seq}.toml")
@@ -838,6 +848,43 @@ def med(rs, key):
     return statistics.median(vals) if vals else None
 
 
+def s10_audit(b):
+    print("\n== 9 intercepted endpoint with the audit trail off, fsync = always, fsync = never "
+          "(cache hits; misses with Cache-Control: no-cache, so every request goes upstream)", flush=True)
+    a = b.args
+    b.standin.restart()
+    shims = []
+    for label in ("off", "always", "never"):
+        extra = "" if label == "off" else AUDIT_CONF.format(
+            path=os.path.join(b.tmp, f"audit-{label}.jsonl"), fsync=label)
+        c, proc = b.shim(b.standin.port, extra=extra)
+        c.label = label
+        shims.append((c, proc))
+    for kind, headers in (("hit", ADMIN_HEADERS), ("miss", ADMIN_HEADERS + ["Cache-Control: no-cache"])):
+        for r, c in b.rounds([c for c, _ in shims]):
+            b.standin.restart()
+            b.wrk(c.port, ENDPOINT, headers, a.warm)
+            res, m = b.measure(c, lambda: b.wrk(c.port, ENDPOINT, headers, a.secs))
+            if res["socket_errors"] or res["non2xx"] or res["requests"] == 0:
+                b.fail("9", c.label, f"{kind} round {r + 1}: {res['socket_errors']} socket errors, "
+                       f"{res['non2xx']} non-2xx of {res['requests']}\n{res['raw'][-600:]}")
+            print(f"  round {r + 1} {kind:4} audit {c.label:6} {res['rate']:>10.0f} req/s  p50 {fmt_ms(res['p50'])}  "
+                  f"p99 {fmt_ms(res['p99'])}  proxy cpu {m.get('cpu', 0) * 100:.0f}%", flush=True)
+            b.record(f"9{kind}-{c.label}", "shim", rate=res["rate"], p50=res["p50"], p99=res["p99"], **m)
+    for c, _ in shims:
+        if c.label == "off":
+            continue
+        mt = b.metrics(c.admin)
+        b.extra[f"9_{c.label}"] = dict(
+            records=mt.get("rcshim_audit_records_written_total", 0),
+            batches=mt.get("rcshim_audit_batches_total", 0),
+            fsyncs=mt.get("rcshim_audit_fsync_duration_seconds_count", 0),
+            fsync_sum=mt.get("rcshim_audit_fsync_duration_seconds_sum", 0),
+            failures=mt.get("rcshim_audit_write_failures_total", 0),
+        )
+    b.stop(*[p for _, p in shims])
+
+
 def spread(rs, key):
     vals = [r[key] for r in rs if r.get(key) is not None]
     if len(vals) < 2:
@@ -859,6 +906,12 @@ ROWS = [
     ("8", "8 rate-limit keys", "req/s"),
     ("9tls", "9 TLS pass-through GET 1 KB", "req/s"),
     ("9tlshit", "9 TLS endpoint, cache hit", "req/s"),
+    ("10hit-off", "10 endpoint hit, audit off", "req/s"),
+    ("10hit-always", "10 endpoint hit, audit fsync always", "req/s"),
+    ("10hit-never", "10 endpoint hit, audit fsync never", "req/s"),
+    ("10miss-off", "10 endpoint miss, audit off", "req/s"),
+    ("10miss-always", "10 endpoint miss, audit fsync always", "req/s"),
+    ("10miss-never", "10 endpoint miss, audit fsync never", "req/s"),
 ]
 
 
@@ -955,6 +1008,20 @@ def targets(b):
                    f"{fmt_kb(r['rss2_kb'])} once forgotten (< 64 MB): "
                    f"{verdict(r['rss1_kb'] < 256 * 1024 and r['rss2_kb'] < 64 * 1024)}"
                    + ("" if full else " (fewer keys than the target's 1,000,000: indicative only)"))
+    for kind in ("hit", "miss"):
+        off = get(f"9{kind}-off", "shim", "rate")
+        for label in ("always", "never"):
+            on = get(f"9{kind}-{label}", "shim", "rate")
+            if None not in (off, on):
+                out.append(f"audit trail, endpoint {kind}, fsync = {label}: {on / off:.2f}x the rate with the trail off")
+    for label in ("always", "never"):
+        x = b.extra.get(f"9_{label}")
+        if x:
+            line = (f"audit trail fsync = {label}: {x['records']:,.0f} records in {x['batches']:,.0f} writes "
+                    f"({x['records'] / max(x['batches'], 1):.1f} records per write), {x['failures']:.0f} failures")
+            if x["fsyncs"]:
+                line += f", mean fdatasync {x['fsync_sum'] / x['fsyncs'] * 1000:.2f} ms over {x['fsyncs']:,.0f}"
+            out.append(line)
     return out
 
 
@@ -970,6 +1037,7 @@ SCENARIOS = {
     "7": s7_websocket,
     "8": s8_keys,
     "9": s9_tls,
+    "10": s10_audit,
 }
 
 

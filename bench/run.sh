@@ -2,7 +2,7 @@
 # The benchmark harness: the shim against nginx doing the same job and against no proxy at all,
 # on loopback, with the pinning and alternation of ../shared/guides/benchmarks.md.
 #
-#   bench/run.sh [--short] [--rounds N] [--secs S] [--only 1458] [--keep]
+#   bench/run.sh [--short] [--rounds N] [--secs S] [--only 1458] [--keep]   (scenarios 1 to 9)
 #
 # --short: a smoke test, 2 rounds of 1 s runs and smaller memory scenarios (~1.5 min once built).
 # It installs nothing: it names what is missing, with the command to get it, and exits 2.

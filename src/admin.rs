@@ -104,6 +104,14 @@ async fn answer(app: &AppState, req: Request<Incoming>) -> Response<ProxyBody> {
             if app.draining.load(Ordering::SeqCst) {
                 return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n", "text/plain");
             }
+            // Answers that need a record would be refused (deny) or unrecorded (allow).
+            if app.audit.as_ref().is_some_and(|t| t.is_failing()) {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "audit trail cannot be written\n",
+                    "text/plain",
+                );
+            }
             if upstream_fresh(app) || probe_upstream(app).await {
                 text(StatusCode::OK, "ready\n", "text/plain")
             } else {
@@ -114,11 +122,18 @@ async fn answer(app: &AppState, req: Request<Incoming>) -> Response<ProxyBody> {
                 )
             }
         }
-        "/metrics" => text(
-            StatusCode::OK,
-            app.metrics.render(),
-            "text/plain; version=0.0.4; charset=utf-8",
-        ),
+        "/metrics" => {
+            let mut body = app.metrics.render();
+            // The audit trail's counters and fsync histogram (`audit::stats`), when it is on.
+            if let Some(trail) = &app.audit {
+                trail.stats().render(&mut body);
+            }
+            text(
+                StatusCode::OK,
+                body,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n", "text/plain"),
     }
 }

@@ -31,6 +31,15 @@ pub async fn run() -> Result<(), String> {
         requests: 5,
         per: Duration::from_secs(60),
     };
+    // The audit trail, in a file of its own for this run (every answer below leaves a record).
+    let audit_path = std::env::temp_dir().join(format!(
+        "rocketchat-shim-demo-audit-{}.jsonl",
+        std::process::id()
+    ));
+    config.audit.enabled = true;
+    config.audit.path = audit_path.clone();
+    config.audit.instance = "demo".into();
+    let audit = audit_path.display();
     // Prefer the documented ports; fall back to free ones.
     let running = match server::start(config.clone()).await {
         Ok(r) => r,
@@ -68,7 +77,7 @@ pub async fn run() -> Result<(), String> {
   admin:                {admin}   (/livez, /readyz, /metrics)
 
 Policy: endpoint enabled, roles from the upstream (admin holds view-room-administration),
-per-user budget 5 requests a minute, cache ttl 5s.
+per-user budget 5 requests a minute, cache ttl 5s, audit trail on: {audit}
 
 # 200: the admin reads alice's DM with bob (first a miss, then a hit: see Cache-Status)
 curl -si {admin_h} '{shim}{ep}'
@@ -99,7 +108,13 @@ curl -si {admin_h} '{shim_off}{ep}'
 curl -si '{shim}/api/info'
 
 # Metrics
-curl -s '{admin}/metrics' | grep -E '^rcshim_(requests_total|cache_|ratelimit_)'
+curl -s '{admin}/metrics' | grep -E '^rcshim_(requests_total|cache_|ratelimit_|audit_)'
+
+# The audit trail: one record for every answer of the endpoint above, allowed or refused
+# (who, which room and its members, what, how many messages), fsync'd before each 200 was
+# sent and chained by SHA-256. Check the chain, then ask "who read alice's DMs?":
+rocketchat-shim audit verify {audit}
+rocketchat-shim audit report --user alice {audit}
 
 Press Ctrl-C to stop."#
     );

@@ -1,5 +1,5 @@
 //! Process state: the current configuration generation (swapped on reload) and what lives as
-//! long as the process (metrics, open tunnels, the drain flag).
+//! long as the process (metrics, open tunnels, the drain flag, the audit trail).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use tokio_util::task::TaskTracker;
 
+use crate::audit::AuditTrail;
 use crate::config::Config;
 use crate::dm_history::DmHistory;
 use crate::metrics::Metrics;
@@ -33,6 +34,9 @@ pub struct AppState {
     /// Set when a drain starts: `/readyz` answers 503.
     pub draining: AtomicBool,
     pub started: Instant,
+    /// The audit trail (`audit.enabled`), opened once at start: a reload never reopens it (a
+    /// second writer would fork the chain), so `[audit]` changes take effect on restart.
+    pub audit: Option<AuditTrail>,
 }
 
 impl AppState {

@@ -233,3 +233,62 @@ fn dockerfile_is_multi_stage_non_root_and_shell_free_at_run_time() {
         }
     }
 }
+
+/// The ConfigMap's config.toml, parsed by the shim's own loader.
+fn configmap_config() -> Config {
+    let configmap = k8s_document("ConfigMap");
+    let at = configmap
+        .find("  config.toml: |\n")
+        .expect("config.toml key");
+    let toml: String = configmap[at..]
+        .lines()
+        .skip(1)
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or("")))
+        .collect();
+    Config::parse(&toml, Path::new("configmap:config.toml")).expect("valid")
+}
+
+#[test]
+fn kubernetes_audit_trail_is_on_a_persistent_volume_with_one_writer() {
+    let config = configmap_config();
+    assert!(config.audit.enabled);
+    assert_eq!(
+        config.audit.path,
+        Path::new("/var/lib/rocketchat-shim/audit.jsonl")
+    );
+    let deployment = k8s_document("Deployment");
+    let shim = container(&deployment, "shim");
+    assert!(
+        shim.contains("- { name: audit, mountPath: /var/lib/rocketchat-shim }"),
+        "{shim}"
+    );
+    assert!(deployment
+        .contains("        - name: audit\n          persistentVolumeClaim: { claimName: rocketchat-shim-audit }\n"));
+    assert!(deployment.contains("  strategy: { type: Recreate }\n"));
+    let pvc = k8s_document("PersistentVolumeClaim");
+    assert!(pvc.contains("  name: rocketchat-shim-audit\n"), "{pvc}");
+    // How to ship the lines and the last hash is told where operators read it.
+    let (_, text) = repo_file(K8S);
+    assert!(text.contains("rocketchat-shim audit verify"));
+    assert!(text.contains("last hash"));
+}
+
+#[test]
+fn systemd_keeps_the_audit_trail_in_its_state_directory() {
+    let (_, unit) = repo_file("deploy/systemd/rocketchat-shim.service");
+    let lines: Vec<&str> = unit.lines().collect();
+    for want in [
+        "StateDirectory=rocketchat-shim",
+        "StateDirectoryMode=0700",
+        "WorkingDirectory=/var/lib/rocketchat-shim",
+        "ProtectSystem=strict",
+    ] {
+        assert!(lines.contains(&want), "missing {want}");
+    }
+    // The shipped config's trail: on, relative, so under /var/lib/rocketchat-shim there.
+    let (path, root) = repo_file("config.toml");
+    let config = Config::parse(&root, &path).expect("root config.toml");
+    assert!(config.audit.enabled);
+    assert!(config.audit.path.is_relative());
+}

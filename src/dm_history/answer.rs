@@ -260,6 +260,7 @@ mod tests {
                 remaining: 7,
                 reset_after: Duration::from_secs(5),
             }),
+            record: None,
         };
         let resp = respond::json(
             StatusCode::OK,
@@ -282,7 +283,7 @@ mod tests {
             StatusCode::OK,
             bytes::Bytes::from_static(b"{\"success\":true}"),
         );
-        let resp = finish(resp, EndpointFacts::new(), true);
+        let resp = finish(resp, EndpointFacts::new(None), true);
         assert_eq!(resp.headers()["content-length"], "16");
         assert_eq!(http_body::Body::size_hint(resp.body()).exact(), Some(0));
         assert_eq!(

@@ -1,6 +1,7 @@
 //! How the endpoint's state is built for one configuration generation, and what a reload
 //! keeps: the verified identities, the rate budgets and the cache survive a reload that does
-//! not change their settings; the service credential is read from its environment variable;
+//! not change their settings (and the rooms' members, while the upstream is the same); the
+//! service credential is read from its environment variable;
 //! the gauges of the cache and the rate limiter are registered.
 
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use super::credential::Credential;
 use super::endpoint_setting::EndpointSetting;
 use super::identity::Identities;
+use super::members::Members;
 use super::permission_roles::PermissionRoles;
 use super::DmHistory;
 use crate::cache::ResponseCache;
@@ -36,6 +38,10 @@ impl DmHistory {
                 p.identities.clone()
             }
             _ => Arc::new(Identities::new(config.policy.identity_ttl, metrics.clone())),
+        };
+        let members = match previous {
+            Some(p) if same(&|c| c.upstream == config.upstream) => p.members.clone(),
+            _ => Arc::new(Members::default()),
         };
         let service = service_credential(&config)?;
         let roles = Arc::new(PermissionRoles::new(
@@ -70,6 +76,7 @@ impl DmHistory {
             setting,
             limits,
             cache,
+            members,
         })
     }
 }

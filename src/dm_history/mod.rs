@@ -20,6 +20,10 @@
 //! The guarded related endpoints run steps 1 (query syntax), 2, 3 and 4
 //! ([`DmHistory::check_guarded`]); the server's dispatcher then forwards them unchanged.
 //! Construction and what a reload keeps: `build.rs`.
+//!
+//! With the audit trail on, every answer of both also leaves a record (`record.rs`): the
+//! facts are gathered along the steps above, the room's members are looked up (`members.rs`)
+//! just before the answer, and an allowed answer is returned only once its record is written.
 
 mod answer;
 mod build;
@@ -27,9 +31,11 @@ pub mod credential;
 pub mod endpoint_setting;
 pub mod identity;
 pub mod lookup;
+pub mod members;
 pub mod params;
 pub mod permission_roles;
 pub mod policy;
+mod record;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -37,6 +43,7 @@ use std::sync::Arc;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
+use crate::audit::{AuditTrail, CacheStatus, Decision as AuditDecision, Endpoint};
 use crate::body::ProxyBody;
 use crate::cache::{Outcome, ResponseCache};
 use crate::config::Config;
@@ -46,13 +53,17 @@ use crate::metrics::Metrics;
 use crate::ratelimit::{BudgetKind, Decision, RateLimits};
 use crate::request::{AccessLogFacts, RequestCtx};
 use crate::respond;
+use crate::route::Guarded;
 use crate::upstream::Upstream;
 use credential::Credential;
 use endpoint_setting::EndpointSetting;
 use identity::{Identities, Verified};
+use members::Members;
 use params::{CanonicalQuery, RawQuery};
 use permission_roles::PermissionRoles;
 use policy::{Check, Identity};
+pub use record::PendingRecord;
+use record::RecordFacts;
 
 /// State of the endpoint for one configuration generation.
 pub struct DmHistory {
@@ -64,6 +75,8 @@ pub struct DmHistory {
     setting: Arc<EndpointSetting>,
     limits: Arc<RateLimits>,
     cache: Option<ResponseCache>,
+    /// Rooms' members for the audit records (kept across a reload to the same upstream).
+    members: Arc<Members>,
 }
 
 impl DmHistory {
@@ -89,15 +102,44 @@ impl DmHistory {
             return Err(ApiError::method_not_allowed());
         }
         let raw = RawQuery::parse(req.uri().query())?;
+        if let Some(r) = facts.record.as_mut() {
+            r.named_room(&raw);
+        }
         self.spend(self.limits.check_ip(ctx.client_ip).await?, facts)?;
         let cred = Credential::from_request(req.headers(), raw.access_token()?)
             .ok_or_else(|| ApiError::not_logged_in(style))?;
         let identity = self.identify(&cred, ctx).await?;
-        facts.user_id = Some(identity.user_id.clone());
+        facts.identified(&identity);
         self.authorize(&identity, &cred, ctx).await?;
         self.spend(self.limits.check_user(&identity.user_id).await?, facts)?;
         let query = CanonicalQuery::from_raw(&raw, &self.config.policy.params)?;
+        if facts.record.is_some() {
+            let members = self.members_of(&query.room_id, &cred, ctx).await;
+            if let Some(r) = facts.record.as_mut() {
+                r.canonical(&query);
+                if let Some(room) = r.room.as_mut() {
+                    room.members = members;
+                }
+            }
+        }
         self.answer(req, &identity, &cred, &query, ctx, facts).await
+    }
+
+    /// The members of a room for its record; `None` (the record's `null`) when the lookup
+    /// fails: without protected lists, a failed lookup does not stop the request.
+    async fn members_of(
+        &self,
+        room_id: &str,
+        cred: &Credential,
+        ctx: &RequestCtx,
+    ) -> Option<Vec<crate::audit::Person>> {
+        match self.members.get(room_id, &self.upstream, cred, ctx).await {
+            Ok(m) => Some(m.as_ref().clone()),
+            Err(e) => {
+                tracing::warn!(request_id = ?ctx.request_id, room = room_id, error = %e, "room members lookup failed; the audit record says members: null");
+                None
+            }
+        }
     }
 
     /// Spends from a budget; a refusal is the 429.
@@ -171,12 +213,35 @@ impl DmHistory {
     ) -> Result<(), ApiError> {
         let style = self.config.policy.error_style;
         let raw = RawQuery::parse(req.uri().query())?;
+        let counters = facts
+            .record
+            .as_ref()
+            .is_some_and(|r| r.endpoint == Endpoint::Counters);
+        if let Some(r) = facts.record.as_mut().filter(|_| counters) {
+            r.named_room(&raw);
+        }
         self.spend(self.limits.check_ip(ctx.client_ip).await?, facts)?;
         let cred = Credential::from_request(req.headers(), raw.access_token()?)
             .ok_or_else(|| ApiError::not_logged_in(style))?;
         let identity = self.identify(&cred, ctx).await?;
-        facts.user_id = Some(identity.user_id.clone());
-        self.authorize(&identity, &cred, ctx).await
+        facts.identified(&identity);
+        self.authorize(&identity, &cred, ctx).await?;
+        // Passed: the record names what goes upstream, and the room's members.
+        let room = facts
+            .record
+            .as_ref()
+            .and_then(|r| r.room.as_ref().map(|room| room.id.clone()));
+        let members = match &room {
+            Some(id) => self.members_of(id, &cred, ctx).await,
+            None => None,
+        };
+        if let Some(r) = facts.record.as_mut() {
+            r.forwarded(&raw);
+            if let Some(room) = r.room.as_mut() {
+                room.members = members;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -185,32 +250,61 @@ struct EndpointFacts {
     user_id: Option<String>,
     cache: Outcome,
     rate: Option<Decision>,
+    /// What its audit record will say (only with the trail on).
+    record: Option<RecordFacts>,
 }
 
 impl EndpointFacts {
     /// Nothing known yet; the cache not consulted.
-    fn new() -> Self {
+    fn new(record: Option<RecordFacts>) -> Self {
         EndpointFacts {
             user_id: None,
             cache: Outcome::Bypass,
             rate: None,
+            record,
+        }
+    }
+
+    /// The caller is known.
+    fn identified(&mut self, identity: &Identity) {
+        self.user_id = Some(identity.user_id.clone());
+        if let Some(r) = self.record.as_mut() {
+            r.identified(identity);
         }
     }
 }
 
-/// Answers the intercepted endpoint.
+/// Answers the intercepted endpoint; with the trail on, returns only once the answer's
+/// record is written (see `record.rs` for what a failure to write it does).
 pub async fn handle(
     endpoint: &DmHistory,
     req: Request<Incoming>,
     ctx: &RequestCtx,
+    audit: Option<&AuditTrail>,
 ) -> Response<ProxyBody> {
-    let mut facts = EndpointFacts::new();
+    let record = audit.map(|_| RecordFacts::new(Endpoint::MessagesOthers, req.uri().path()));
+    let mut facts = EndpointFacts::new(record);
     let head = req.method() == Method::HEAD;
-    let resp = match endpoint.pipeline(&req, ctx, &mut facts).await {
-        Ok(r) => r,
-        Err(e) => respond::error(&e),
+    let (decision, resp) = match endpoint.pipeline(&req, ctx, &mut facts).await {
+        Ok(r) => (AuditDecision::Allow, r),
+        Err(e) => (AuditDecision::Refuse, respond::error(&e)),
     };
-    answer::finish(resp, facts, head)
+    let record = facts.record.take();
+    let cache = CacheStatus::from_label(facts.cache.label()).unwrap_or(CacheStatus::Bypass);
+    // The exact bytes the client receives: none for HEAD.
+    let body = if head {
+        bytes::Bytes::new()
+    } else {
+        record::full_body(&resp)
+    };
+    let resp = answer::finish(resp, facts, head);
+    match (audit, record) {
+        (Some(trail), Some(record)) => {
+            let event = record.event(ctx, decision, resp.status(), &body, cache);
+            record::commit(trail, event, resp, head).await
+        }
+        _ => resp,
+    }
 }
 
 impl DmHistory {
@@ -219,23 +313,46 @@ impl DmHistory {
     /// The request's hop-by-hop headers are removed first: a header that `Connection` names is
     /// stripped on the way upstream, so it must not be the credential checked (these are plain
     /// API calls, never upgrades, so nothing is lost).
+    ///
+    /// With the trail on, a refusal's record is written before it is returned, and a request
+    /// that passed comes with the [`PendingRecord`] the dispatcher completes with the forwarded
+    /// answer ([`PendingRecord::forwarded`]).
     pub async fn check_guarded(
         &self,
         req: &mut Request<Incoming>,
         ctx: &RequestCtx,
-    ) -> Result<AccessLogFacts, Response<ProxyBody>> {
+        which: Guarded,
+        audit: Option<&AuditTrail>,
+    ) -> Result<(AccessLogFacts, Option<PendingRecord>), Response<ProxyBody>> {
         headers::strip_hop_by_hop(req.headers_mut());
-        let mut facts = EndpointFacts::new();
+        let record =
+            audit.map(|_| RecordFacts::new(record::guarded_endpoint(which), req.uri().path()));
+        let mut facts = EndpointFacts::new(record);
         let checked = self.guard_check(req, ctx, &mut facts).await;
         let log = AccessLogFacts {
             user_id: facts.user_id,
             cache: None,
         };
-        match checked {
-            Ok(()) => Ok(log),
-            Err(e) => {
+        let head = req.method() == Method::HEAD;
+        match (checked, audit, facts.record) {
+            (Ok(()), Some(trail), Some(r)) => {
+                Ok((log, Some(PendingRecord::new(trail.clone(), r, ctx, head))))
+            }
+            (Ok(()), _, _) => Ok((log, None)),
+            (Err(e), audit, record) => {
                 let mut resp = respond::error(&e);
                 resp.extensions_mut().insert(log);
+                if let (Some(trail), Some(r)) = (audit, record) {
+                    let body = e.body_bytes();
+                    let event = r.event(
+                        ctx,
+                        AuditDecision::Refuse,
+                        e.status,
+                        if head { &[] } else { &body },
+                        CacheStatus::Bypass,
+                    );
+                    resp = record::commit(trail, event, resp, head).await;
+                }
                 Err(resp)
             }
         }

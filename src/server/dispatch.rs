@@ -114,16 +114,24 @@ pub(super) async fn dispatch(
             }
             Route::Intercepted => (
                 RouteClass::Intercepted,
-                dm_history::handle(&gen.endpoint, req, &ctx).await,
+                dm_history::handle(&gen.endpoint, req, &ctx, app.audit.as_ref()).await,
             ),
             // Checked by the endpoint, then forwarded as it came.
-            Route::Guarded(_) => {
+            // With the trail on, the answer goes back only once its record is written.
+            Route::Guarded(which) => {
                 let mut req = req;
-                let resp = match gen.endpoint.check_guarded(&mut req, &ctx).await {
-                    Ok(facts) => {
+                let checked = gen
+                    .endpoint
+                    .check_guarded(&mut req, &ctx, which, app.audit.as_ref())
+                    .await;
+                let resp = match checked {
+                    Ok((facts, record)) => {
                         let mut resp = forwarder.forward(req, &ctx).await;
                         resp.extensions_mut().insert(facts);
-                        resp
+                        match record {
+                            Some(r) => r.forwarded(resp).await,
+                            None => resp,
+                        }
                     }
                     Err(refusal) => refusal,
                 };

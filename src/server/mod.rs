@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 mod dispatch;
 
+use crate::audit::{AuditError, AuditTrail};
 use crate::config::Config;
 use crate::connection::clock::{AcceptBackoff, ConnSlot, Tracked};
 use crate::connection::drive;
@@ -44,6 +45,10 @@ pub enum StartError {
     },
     #[error("{0}")]
     Setup(String),
+    /// `audit.enabled` and the trail cannot be opened (unreadable or unwritable path, a
+    /// missing HMAC key): a start-up failure, exit 1 with the reason.
+    #[error("{0}")]
+    Audit(#[from] AuditError),
 }
 
 /// A running shim.
@@ -153,6 +158,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         None => None,
     };
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    // Last of what can fail: a start that fails after this would leave the writer closing
+    // in the background, and a retry on the same path would find it still open.
+    let audit = open_audit(&gen.config).await?;
 
     let app = Arc::new(AppState {
         current: ArcSwap::from_pointee(gen),
@@ -160,6 +168,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tunnels: TaskTracker::new(),
         draining: AtomicBool::new(false),
         started: Instant::now(),
+        audit,
     });
     let shutdown = CancellationToken::new();
     if let Some(l) = admin_listener {
@@ -178,6 +187,21 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown,
         done,
     })
+}
+
+/// Opens the audit trail when `audit.enabled` (blocking file I/O, so off the runtime's
+/// threads): once per process, before the listeners, so that a path that cannot be read or
+/// written stops the start with its reason instead of failing the first request.
+async fn open_audit(config: &Config) -> Result<Option<AuditTrail>, StartError> {
+    if !config.audit.enabled {
+        return Ok(None);
+    }
+    let audit = config.audit.clone();
+    let trail = tokio::task::spawn_blocking(move || AuditTrail::open(&audit))
+        .await
+        .map_err(|e| AuditError::Spawn(e.to_string()))??;
+    tracing::info!(path = %trail.path().display(), instance = trail.instance(), "audit trail open");
+    Ok(Some(trail))
 }
 
 /// HTTP/2 per-stream buffer toward a slow reader and receive window (see `builder`).
@@ -310,6 +334,11 @@ async fn serve(listener: TcpListener, app: Arc<AppState>, shutdown: Cancellation
     match drained {
         Ok(()) => tracing::info!("drained"),
         Err(_) => tracing::warn!("shutdown_grace elapsed with requests or tunnels still open"),
+    }
+    // After the drain: what the finished requests queued is written, then the file closes.
+    if let Some(trail) = &app.audit {
+        trail.clone().close().await;
+        tracing::info!("audit trail closed");
     }
 }
 

@@ -1,7 +1,8 @@
 //! The Rocket.Chat REST endpoints the stand-in serves, with Rocket.Chat 6.x ("G3") bodies,
 //! status codes and order of checks: `/api/info`, `/api/v1/login`, `/api/v1/me`,
 //! `/api/v1/permissions.listAll`, `/api/v1/settings/:id`, `{im,dm}.messages.others`,
-//! `{im,dm}.list.everyone` and `{im,dm}.counters`.
+//! `{im,dm}.list.everyone`, `{im,dm}.counters` and `rooms.adminRooms.getRoom` (a room's admin
+//! fields, whose `uids`/`usernames` are the members the shim's audit records name).
 //!
 //! Routing follows Restivus/connect-route: the path is `decodeURI`-decoded, leading and
 //! trailing runs of `/` and whitespace are trimmed, and segments are compared case-sensitively.
@@ -125,6 +126,7 @@ enum Route {
     MessagesOthers,
     ListEveryone,
     Counters,
+    AdminGetRoom,
 }
 
 fn route_of(segs: &[String]) -> Option<(Route, Option<&str>)> {
@@ -138,6 +140,7 @@ fn route_of(segs: &[String]) -> Option<(Route, Option<&str>)> {
         ["api", "v1", "im.messages.others" | "dm.messages.others"] => (Route::MessagesOthers, None),
         ["api", "v1", "im.list.everyone" | "dm.list.everyone"] => (Route::ListEveryone, None),
         ["api", "v1", "im.counters" | "dm.counters"] => (Route::Counters, None),
+        ["api", "v1", "rooms.adminRooms.getRoom"] => (Route::AdminGetRoom, None),
         _ => return None,
     })
 }
@@ -194,6 +197,7 @@ pub(crate) fn handle(
                 Route::MessagesOthers => messages_others(state, &user, &params),
                 Route::ListEveryone => list_everyone(state, &user, &params),
                 Route::Counters => counters(state, &user, &params),
+                Route::AdminGetRoom => admin_get_room(state, &user, &params),
                 Route::Info | Route::Login => not_logged_in(),
             }
         }
@@ -514,6 +518,45 @@ fn counters(state: &State, user: &User, params: &Map<String, Value>) -> ApiRespo
     }))
 }
 
+/// `GET /api/v1/rooms.adminRooms.getRoom?rid=` (Rocket.Chat 2.4+, spec/rocketchat-reference.md
+/// §11): the query schema requires `rid`; `findAdminRoom` gives nothing without
+/// `view-room-administration` or for an unknown room, answered with
+/// `API.v1.failure('not-allowed', 'Not Allowed')`, whose string form puts the first argument
+/// in `error` and the second in `errorType`; else the room's admin fields and `success`.
+fn admin_get_room(state: &State, user: &User, params: &Map<String, Value>) -> ApiResponse {
+    let rid = match params.get("rid") {
+        Some(Value::String(rid)) => rid.clone(),
+        _ => {
+            return ApiResponse::failure(&ApiFailure::meteor(
+                "invalid-params",
+                "must have required property 'rid'",
+                None,
+            ))
+        }
+    };
+    let not_allowed = || {
+        ApiResponse::failure(&ApiFailure {
+            error: "not-allowed".into(),
+            error_type: Some("Not Allowed".into()),
+            details: None,
+        })
+    };
+    if !state.has_permission(user, "view-room-administration") {
+        return not_allowed();
+    }
+    let Some(rd) = state.rooms.iter().find(|rd| rd.room.id == rid) else {
+        return not_allowed();
+    };
+    // The admin projection: no last message, no message bodies.
+    let mut doc = state.room_doc(rd);
+    if let Value::Object(m) = &mut doc {
+        for k in ["lastMessage", "lm", "_updatedAt", "sysMes"] {
+            m.remove(k);
+        }
+    }
+    ApiResponse::ok(with_success(doc))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -633,6 +676,38 @@ mod tests {
             403
         );
         assert_eq!(call(&mut s, "/api/v1/nothing.here", "admin").0, 404);
+        let get_room = "/api/v1/rooms.adminRooms.getRoom?rid=alice-idbob-id";
+        let (st, b) = call(&mut s, get_room, "admin");
+        assert_eq!(st, 200);
+        assert_eq!(
+            (
+                &b["_id"],
+                &b["t"],
+                &b["uids"],
+                &b["usernames"],
+                &b["success"]
+            ),
+            (
+                &json!("alice-idbob-id"),
+                &json!("d"),
+                &json!(["alice-id", "bob-id"]),
+                &json!(["alice", "bob"]),
+                &json!(true)
+            )
+        );
+        assert!(b.get("lastMessage").is_none());
+        let not_allowed =
+            json!({"success": false, "error": "not-allowed", "errorType": "Not Allowed"});
+        assert_eq!(call(&mut s, get_room, "alice"), (400, not_allowed.clone()));
+        assert_eq!(
+            call(&mut s, "/api/v1/rooms.adminRooms.getRoom?rid=nope", "admin"),
+            (400, not_allowed)
+        );
+        assert_eq!(
+            call(&mut s, "/api/v1/rooms.adminRooms.getRoom", "admin").1["errorType"],
+            "invalid-params"
+        );
+        assert_eq!(call(&mut s, get_room, "").0, 401);
         assert_eq!(call(&mut s, "/api/v1/im.messages.others/", "").0, 401);
     }
 }
