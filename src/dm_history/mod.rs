@@ -97,7 +97,6 @@ impl DmHistory {
         ctx: &RequestCtx,
         facts: &mut EndpointFacts,
     ) -> Result<Response<ProxyBody>, ApiError> {
-        let style = self.config.policy.error_style;
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return Err(ApiError::method_not_allowed());
         }
@@ -105,12 +104,7 @@ impl DmHistory {
         if let Some(r) = facts.record.as_mut() {
             r.named_room(&raw);
         }
-        self.spend(self.limits.check_ip(ctx.client_ip).await?, facts)?;
-        let cred = Credential::from_request(req.headers(), raw.access_token()?)
-            .ok_or_else(|| ApiError::not_logged_in(style))?;
-        let identity = self.identify(&cred, ctx).await?;
-        facts.identified(&identity);
-        self.authorize(&identity, &cred, ctx).await?;
+        let (cred, identity) = self.admit(req, &raw, ctx, facts).await?;
         self.spend(self.limits.check_user(&identity.user_id).await?, facts)?;
         let query = CanonicalQuery::from_raw(&raw, &self.config.policy.params)?;
         if facts.record.is_some() {
@@ -172,6 +166,25 @@ impl DmHistory {
         }
     }
 
+    /// The checks the endpoint and the guarded related endpoints share, in order: the per-IP
+    /// budget (before identity, so made-up tokens cannot flood `/me`), the credential and who
+    /// it is, then permission and setting.
+    async fn admit(
+        &self,
+        req: &Request<Incoming>,
+        raw: &RawQuery,
+        ctx: &RequestCtx,
+        facts: &mut EndpointFacts,
+    ) -> Result<(Credential, Arc<Identity>), ApiError> {
+        self.spend(self.limits.check_ip(ctx.client_ip).await?, facts)?;
+        let cred = Credential::from_request(req.headers(), raw.access_token()?)
+            .ok_or_else(|| ApiError::not_logged_in(self.config.policy.error_style))?;
+        let identity = self.identify(&cred, ctx).await?;
+        facts.identified(&identity);
+        self.authorize(&identity, &cred, ctx).await?;
+        Ok((cred, identity))
+    }
+
     /// Steps 2 and 3: permission and setting, in the order `error_style` gives
     /// ([`policy::check_in_order`], the function the policy table's unit tests run); each
     /// answer is looked up only when its check is reached, failing closed.
@@ -211,7 +224,6 @@ impl DmHistory {
         ctx: &RequestCtx,
         facts: &mut EndpointFacts,
     ) -> Result<(), ApiError> {
-        let style = self.config.policy.error_style;
         let raw = RawQuery::parse(req.uri().query())?;
         let counters = facts
             .record
@@ -220,12 +232,7 @@ impl DmHistory {
         if let Some(r) = facts.record.as_mut().filter(|_| counters) {
             r.named_room(&raw);
         }
-        self.spend(self.limits.check_ip(ctx.client_ip).await?, facts)?;
-        let cred = Credential::from_request(req.headers(), raw.access_token()?)
-            .ok_or_else(|| ApiError::not_logged_in(style))?;
-        let identity = self.identify(&cred, ctx).await?;
-        facts.identified(&identity);
-        self.authorize(&identity, &cred, ctx).await?;
+        let (cred, _identity) = self.admit(req, &raw, ctx, facts).await?;
         // Passed: the record names what goes upstream, and the room's members.
         let room = facts
             .record
