@@ -38,6 +38,11 @@ command -v redis-server >/dev/null 2>&1 || need_pkgs+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need_pkgs+=(redis-tools)
 # HAProxy: tests/proxy_protocol.rs starts one as a real send-proxy-v2 sender.
 command -v haproxy >/dev/null 2>&1 || need_pkgs+=(haproxy)
+# openssl makes a PKCS#1 key for tests/tls_listener.rs; chattr (e2fsprogs) and prlimit
+# (util-linux) make an audit trail unwritable or unable to grow in tests/audit_*.rs.
+command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
+command -v chattr >/dev/null 2>&1 || need_pkgs+=(e2fsprogs)
+command -v prlimit >/dev/null 2>&1 || need_pkgs+=(util-linux)
 if ((${#need_pkgs[@]})); then
   say "installing ${need_pkgs[*]} (Debian packages)"
   command -v apt-get >/dev/null 2>&1 \
