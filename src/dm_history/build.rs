@@ -40,9 +40,20 @@ impl DmHistory {
             _ => Arc::new(Identities::new(config.policy.identity_ttl, metrics.clone())),
         };
         let members = match previous {
-            Some(p) if same(&|c| c.upstream == config.upstream) => p.members.clone(),
-            _ => Arc::new(Members::default()),
+            Some(p)
+                if same(&|c| {
+                    c.upstream == config.upstream
+                        && c.policy.members_ttl == config.policy.members_ttl
+                }) =>
+            {
+                p.members.clone()
+            }
+            _ => Arc::new(Members::new(config.policy.members_ttl)),
         };
+        let reason_pattern = config
+            .policy
+            .reason_regex()
+            .map_err(|e| format!("policy.reason_pattern: invalid regular expression: {e}"))?;
         let service = service_credential(&config)?;
         let roles = Arc::new(PermissionRoles::new(
             &config.policy,
@@ -77,6 +88,7 @@ impl DmHistory {
             limits,
             cache,
             members,
+            reason_pattern,
         })
     }
 }

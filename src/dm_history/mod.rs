@@ -36,6 +36,7 @@ pub mod params;
 pub mod permission_roles;
 pub mod policy;
 mod record;
+pub mod rules;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -75,8 +76,11 @@ pub struct DmHistory {
     setting: Arc<EndpointSetting>,
     limits: Arc<RateLimits>,
     cache: Option<ResponseCache>,
-    /// Rooms' members for the audit records (kept across a reload to the same upstream).
+    /// Rooms' members for the audit records and the protected rule (kept across a reload to
+    /// the same upstream with the same `members_ttl`).
     members: Arc<Members>,
+    /// `policy.reason_pattern`, compiled (validated with the config).
+    reason_pattern: Option<regex::Regex>,
 }
 
 impl DmHistory {
@@ -104,19 +108,66 @@ impl DmHistory {
         if let Some(r) = facts.record.as_mut() {
             r.named_room(&raw);
         }
-        let (cred, identity) = self.admit(req, &raw, ctx, facts).await?;
-        self.spend(self.limits.check_user(&identity.user_id).await?, facts)?;
-        let query = CanonicalQuery::from_raw(&raw, &self.config.policy.params)?;
-        if facts.record.is_some() {
-            let members = self.members_of(&query.room_id, &cred, ctx).await;
-            if let Some(r) = facts.record.as_mut() {
-                r.canonical(&query);
-                if let Some(room) = r.room.as_mut() {
-                    room.members = members;
-                }
-            }
+        let (cred, identity) = self.admit(req, &raw, ctx, true, facts).await?;
+        // 9.2: after permission and setting (a caller without them learns nothing), before
+        // the per-user budget and the parameters.
+        let policy = &self.config.policy;
+        let reason = rules::reason(
+            req.headers(),
+            policy.require_reason,
+            self.reason_pattern.as_ref(),
+        )?;
+        if let Some(r) = facts.record.as_mut() {
+            r.reason = reason;
         }
+        self.spend(self.limits.check_user(&identity.user_id).await?, facts)?;
+        let query = CanonicalQuery::from_raw(&raw, &policy.params)?;
+        if let Some(r) = facts.record.as_mut() {
+            r.canonical(&query);
+        }
+        // 9.3: after the parameters (the canonical roomId), before the cache.
+        self.protected_check(&query.room_id, &identity, &cred, ctx, facts)
+            .await?;
         self.answer(req, &identity, &cred, &query, ctx, facts).await
+    }
+
+    /// The members lookup and the protected rule for one room (9.3). With a protected list
+    /// set the lookup fails closed (502/504, or Rocket.Chat's `error-room-not-found` on a
+    /// 4xx); without, it is made only for the record, and a failure leaves `members: null`.
+    async fn protected_check(
+        &self,
+        room_id: &str,
+        identity: &Identity,
+        cred: &Credential,
+        ctx: &RequestCtx,
+        facts: &mut EndpointFacts,
+    ) -> Result<(), ApiError> {
+        let policy = &self.config.policy;
+        let members = if policy.any_protected() {
+            let m = self
+                .members
+                .get(room_id, &self.upstream, cred, ctx)
+                .await
+                .map_err(|e| match e {
+                    lookup::LookupError::Status(s, _) if s.is_client_error() => {
+                        tracing::warn!(request_id = ?ctx.request_id, room = room_id, status = %s, "room members lookup refused; answering error-room-not-found");
+                        ApiError::room_not_found(room_id)
+                    }
+                    e => e.report(&self.metrics, ctx, "room members lookup"),
+                })?;
+            Some(m.as_ref().clone())
+        } else if facts.record.is_some() {
+            self.members_of(room_id, cred, ctx).await
+        } else {
+            None
+        };
+        if let Some(room) = facts.record.as_mut().and_then(|r| r.room.as_mut()) {
+            room.members = members.clone();
+        }
+        if policy.any_protected() {
+            rules::check_protected(policy, identity, room_id, members.as_deref().unwrap_or(&[]))?;
+        }
+        Ok(())
     }
 
     /// The members of a room for its record; `None` (the record's `null`) when the lookup
@@ -174,6 +225,7 @@ impl DmHistory {
         req: &Request<Incoming>,
         raw: &RawQuery,
         ctx: &RequestCtx,
+        authorize: bool,
         facts: &mut EndpointFacts,
     ) -> Result<(Credential, Arc<Identity>), ApiError> {
         self.spend(self.limits.check_ip(ctx.client_ip).await?, facts)?;
@@ -181,7 +233,9 @@ impl DmHistory {
             .ok_or_else(|| ApiError::not_logged_in(self.config.policy.error_style))?;
         let identity = self.identify(&cred, ctx).await?;
         facts.identified(&identity);
-        self.authorize(&identity, &cred, ctx).await?;
+        if authorize {
+            self.authorize(&identity, &cred, ctx).await?;
+        }
         Ok((cred, identity))
     }
 
@@ -222,6 +276,7 @@ impl DmHistory {
         &self,
         req: &Request<Incoming>,
         ctx: &RequestCtx,
+        which: Guarded,
         facts: &mut EndpointFacts,
     ) -> Result<(), ApiError> {
         let raw = RawQuery::parse(req.uri().query())?;
@@ -232,23 +287,48 @@ impl DmHistory {
         if let Some(r) = facts.record.as_mut().filter(|_| counters) {
             r.named_room(&raw);
         }
-        let (cred, _identity) = self.admit(req, &raw, ctx, facts).await?;
-        // Passed: the record names what goes upstream, and the room's members.
-        let room = facts
-            .record
-            .as_ref()
-            .and_then(|r| r.room.as_ref().map(|room| room.id.clone()));
-        let members = match &room {
-            Some(id) => self.members_of(id, &cred, ctx).await,
-            None => None,
-        };
+        // Routed here without `guard_related_endpoints` only because a protected list is set
+        // (9.3): then the caller is identified (no credential is the 401) but Rocket.Chat
+        // keeps its own say on permission and setting.
+        let guarding = self.config.policy.guard_related_endpoints;
+        let (cred, identity) = self.admit(req, &raw, ctx, guarding, facts).await?;
         if let Some(r) = facts.record.as_mut() {
             r.forwarded(&raw);
-            if let Some(room) = r.room.as_mut() {
-                room.members = members;
+        }
+        // 9.3: the list endpoints show every DM's last message; the counters name one room.
+        match which {
+            Guarded::ListEveryone => rules::check_list_everyone(&self.config.policy, &identity),
+            Guarded::Counters if self.config.policy.any_protected() => {
+                // Every roomId the query names (`roomId`, `roomId[]`, `roomId[0]`: qs makes
+                // them one array), so that a second value cannot slip a protected room past.
+                let mut rooms: Vec<&str> = raw
+                    .pairs()
+                    .iter()
+                    .filter(|(k, v)| {
+                        (k == "roomId" || k.starts_with("roomId[")) && !v.trim().is_empty()
+                    })
+                    .map(|(_, v)| v.as_str())
+                    .collect();
+                rooms.dedup();
+                for id in rooms {
+                    self.protected_check(id, &identity, &cred, ctx, facts)
+                        .await?;
+                }
+                Ok(())
+            }
+            Guarded::Counters => {
+                // Without protected lists: the room's members for the record only.
+                let room = facts
+                    .record
+                    .as_ref()
+                    .and_then(|r| r.room.as_ref().map(|room| room.id.clone()));
+                if let Some(id) = room {
+                    self.protected_check(&id, &identity, &cred, ctx, facts)
+                        .await?;
+                }
+                Ok(())
             }
         }
-        Ok(())
     }
 }
 
@@ -332,10 +412,12 @@ impl DmHistory {
         audit: Option<&AuditTrail>,
     ) -> Result<(AccessLogFacts, Option<PendingRecord>), Response<ProxyBody>> {
         headers::strip_hop_by_hop(req.headers_mut());
+        // The reason is for the audit trail, never for the upstream (9.2).
+        req.headers_mut().remove(rules::REASON_HEADER);
         let record =
             audit.map(|_| RecordFacts::new(record::guarded_endpoint(which), req.uri().path()));
         let mut facts = EndpointFacts::new(record);
-        let checked = self.guard_check(req, ctx, &mut facts).await;
+        let checked = self.guard_check(req, ctx, which, &mut facts).await;
         let log = AccessLogFacts {
             user_id: facts.user_id,
             cache: None,
