@@ -976,3 +976,50 @@ fn the_demo_prints_verify_and_report_commands_that_work() {
     let file = audits[0].trim_start_matches("verify ");
     let _ = std::fs::remove_file(file);
 }
+
+/// 9.2 and 9.3 in the trail: the refusal for a missing reason (no reason recorded), the
+/// protected room's 403 with the reason given and the members that made it protected, and an
+/// allowed read carrying its reason.
+#[tokio::test]
+async fn reasons_and_protected_refusals_are_recorded() {
+    let dir = tempdir("rules");
+    let path = dir.join("audit.jsonl");
+    let pair = start(|c| {
+        audit_on(c, &path);
+        c.policy.require_reason = true;
+        c.policy.protected_users = vec!["bob".into()];
+    })
+    .await;
+    let http = client();
+    let url = |room: &str| format!("{}/api/v1/im.messages.others?roomId={room}", pair.url());
+    assert_eq!(get(admin(http.get(url(ROOM))), "no-reason").await.0, 400);
+    let r = record_of(&path, "no-reason");
+    assert_eq!(
+        (&r["reason"], &r["error"], &r["decision"], &r["status"]),
+        (
+            &Value::Null,
+            &json!("error-reason-required"),
+            &json!("refuse"),
+            &json!(400)
+        )
+    );
+    let with = |rb: reqwest::RequestBuilder| admin(rb).header("X-Audit-Reason", " INC-7 ");
+    assert_eq!(get(with(http.get(url(ROOM))), "protected").await.0, 403);
+    let r = record_of(&path, "protected");
+    assert_eq!(
+        (&r["reason"], &r["error"], &r["room"], &r["alert"]),
+        (
+            &json!("INC-7"),
+            &json!("error-room-protected"),
+            &room(members()),
+            &json!(false)
+        )
+    );
+    let other = "admin-idalice-id";
+    assert_eq!(get(with(http.get(url(other))), "allowed").await.0, 200);
+    let r = record_of(&path, "allowed");
+    assert_eq!(
+        (&r["reason"], &r["decision"], &r["status"]),
+        (&json!("INC-7"), &json!("allow"), &json!(200))
+    );
+}
