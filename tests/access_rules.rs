@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use rocketchat_shim::config::ErrorStyle;
+use rocketchat_shim::config::{ErrorStyle, RoomsWindow};
 
 const EP: &str = "/api/v1/im.messages.others";
 const ROOM: &str = "alice-idbob-id";
@@ -331,4 +331,112 @@ async fn counters_for_a_protected_room_refused() {
     )
     .await;
     assert_eq!(s, 200);
+}
+
+fn rooms_limit(rooms: u32) -> Option<RoomsWindow> {
+    Some(RoomsWindow {
+        rooms,
+        per: Duration::from_secs(3600),
+    })
+}
+
+/// The record of one request id in the trail at `path`.
+fn record_of(path: &std::path::Path, request_id: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).expect("trail");
+    let found: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["request_id"] == request_id)
+        .collect();
+    assert_eq!(found.len(), 1, "{request_id}");
+    found[0].clone()
+}
+
+#[tokio::test]
+async fn distinct_rooms_window_refuses_room_n_plus_one_with_an_alert() {
+    let dir = common::proc::tempdir("rooms-window");
+    let path = dir.join("audit.jsonl");
+    let p = start(|c| {
+        c.audit.enabled = true;
+        c.audit.path = path.clone();
+        c.policy.max_rooms_per_actor = rooms_limit(2);
+    })
+    .await;
+    p.standin
+        .set_permission_roles("view-room-administration", &["admin", "auditor"]);
+    let read = |room: &str, id: &str| {
+        admin(client().get(format!("{}{EP}?roomId={room}", p.url()))).header("X-Request-Id", id)
+    };
+    // A room the upstream refuses is no read: given back.
+    assert_eq!(read("nope", "n0").send().await.expect("send").status(), 400);
+    for (room, id) in [
+        (ROOM, "r1"),
+        ("admin-idalice-id", "r2"),
+        (ROOM, "r3"),
+        ("admin-idalice-id", "r4"),
+    ] {
+        let r = read(room, id).send().await.expect("send");
+        assert_eq!(r.status(), 200, "{id}: rereading is free");
+    }
+    let r = read("alice-idauditor-id", "r5").send().await.expect("send");
+    assert_eq!(r.status(), 429);
+    let h = |n: &str| {
+        r.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    assert_eq!(h("x-ratelimit-limit").as_deref(), Some("2"));
+    assert_eq!(h("x-ratelimit-remaining").as_deref(), Some("0"));
+    let retry: u64 = h("retry-after").and_then(|v| v.parse().ok()).unwrap_or(0);
+    assert!((3590..=3600).contains(&retry), "{retry}");
+    assert!(h("x-ratelimit-reset").is_some());
+    let body = r.text().await.expect("body");
+    assert!(body.contains("error-too-many-requests"), "{body}");
+    assert_eq!(record_of(&path, "r5")["alert"], true);
+    assert_eq!(record_of(&path, "r4")["alert"], false);
+    let m = metrics_text(p.shim.admin_addr.expect("admin")).await;
+    assert_eq!(metric_value(&m, "rcshim_audit_alerts_total"), Some("1"));
+    // Another actor has a window of their own.
+    let r = auditor(client().get(format!("{}{EP}?roomId=alice-idauditor-id", p.url())))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn the_rooms_window_survives_a_reload_that_keeps_its_setting() {
+    let p = start(|c| {
+        c.policy.max_rooms_per_actor = rooms_limit(1);
+    })
+    .await;
+    let room = |r: &str| format!("{EP}?roomId={r}");
+    assert_eq!(get(&p, &room(ROOM), Some(admin), None).await.0, 200);
+    assert_eq!(
+        get(&p, &room("admin-idalice-id"), Some(admin), None)
+            .await
+            .0,
+        429
+    );
+    let mut c = base_config(&p.standin.url());
+    c.policy.max_rooms_per_actor = rooms_limit(1);
+    c.policy.require_reason = true;
+    p.shim.reload(c.clone()).expect("reload");
+    assert_eq!(
+        get(&p, &room("admin-idalice-id"), Some(admin), Some("x"))
+            .await
+            .0,
+        429,
+        "window kept"
+    );
+    c.policy.max_rooms_per_actor = rooms_limit(2);
+    p.shim.reload(c).expect("reload");
+    assert_eq!(
+        get(&p, &room("admin-idalice-id"), Some(admin), Some("x"))
+            .await
+            .0,
+        200,
+        "a new setting starts new windows"
+    );
 }

@@ -11,10 +11,12 @@ use super::endpoint_setting::EndpointSetting;
 use super::identity::Identities;
 use super::members::Members;
 use super::permission_roles::PermissionRoles;
+use super::rooms_window::LocalWindows;
 use super::DmHistory;
 use crate::cache::ResponseCache;
-use crate::config::{Config, DmHistoryEndpoint};
+use crate::config::{Config, DmHistoryEndpoint, RateLimitBackend};
 use crate::metrics::Metrics;
+use crate::ratelimit::redis::RedisLimiter;
 use crate::ratelimit::RateLimits;
 use crate::upstream::Upstream;
 
@@ -77,6 +79,34 @@ impl DmHistory {
                 _ => Some(ResponseCache::new(&config.cache, metrics.clone())),
             }
         };
+        let windows = match (&config.policy.max_rooms_per_actor, previous) {
+            (None, _) => None,
+            (Some(w), Some(p))
+                if p.windows.is_some()
+                    && p.config.policy.max_rooms_per_actor.as_ref() == Some(w) =>
+            {
+                p.windows.clone()
+            }
+            (Some(w), _) => Some(Arc::new(LocalWindows::new(w.clone()))),
+        };
+        // 9.4 on Redis: the rate limiter's connection when it has one, else one of its own
+        // (max_rooms_per_actor does not depend on rate_limit.enabled).
+        let rooms_redis = match (&windows, config.rate_limit.backend) {
+            (Some(_), RateLimitBackend::Redis) => match (limits.redis(), previous) {
+                (Some(r), _) => Some(r),
+                (None, Some(p))
+                    if p.rooms_redis.is_some()
+                        && p.config.rate_limit.redis == config.rate_limit.redis =>
+                {
+                    p.rooms_redis.clone()
+                }
+                _ => Some(RedisLimiter::new(
+                    &config.rate_limit.redis,
+                    metrics.clone(),
+                )?),
+            },
+            _ => None,
+        };
         register_gauges(&metrics, cache.as_ref(), &limits);
         Ok(DmHistory {
             config,
@@ -89,6 +119,8 @@ impl DmHistory {
             cache,
             members,
             reason_pattern,
+            windows,
+            rooms_redis,
         })
     }
 }

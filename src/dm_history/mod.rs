@@ -36,6 +36,7 @@ pub mod params;
 pub mod permission_roles;
 pub mod policy;
 mod record;
+pub mod rooms_window;
 pub mod rules;
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -47,7 +48,7 @@ use hyper::body::Incoming;
 use crate::audit::{AuditTrail, CacheStatus, Decision as AuditDecision, Endpoint};
 use crate::body::ProxyBody;
 use crate::cache::{Outcome, ResponseCache};
-use crate::config::Config;
+use crate::config::{Config, OnFailure};
 use crate::error::ApiError;
 use crate::headers;
 use crate::metrics::Metrics;
@@ -81,6 +82,11 @@ pub struct DmHistory {
     members: Arc<Members>,
     /// `policy.reason_pattern`, compiled (validated with the config).
     reason_pattern: Option<regex::Regex>,
+    /// `policy.max_rooms_per_actor`: each actor's distinct rooms (kept across a reload that
+    /// does not change the setting).
+    windows: Option<Arc<rooms_window::LocalWindows>>,
+    /// With `rate_limit.backend = "redis"`: the windows shared by every replica.
+    rooms_redis: Option<Arc<crate::ratelimit::redis::RedisLimiter>>,
 }
 
 impl DmHistory {
@@ -128,7 +134,83 @@ impl DmHistory {
         // 9.3: after the parameters (the canonical roomId), before the cache.
         self.protected_check(&query.room_id, &identity, &cred, ctx, facts)
             .await?;
-        self.answer(req, &identity, &cred, &query, ctx, facts).await
+        // 9.4: after the protected rule, before the cache.
+        let taken = self
+            .rooms_window(&identity, &query.room_id, ctx, facts)
+            .await?;
+        let answer = self.answer(req, &identity, &cred, &query, ctx, facts).await;
+        let read = matches!(&answer, Ok(r) if r.status() == http::StatusCode::OK);
+        if taken && !read {
+            self.give_back(&identity.user_id, &query.room_id).await;
+        }
+        answer
+    }
+
+    /// `max_rooms_per_actor` (9.4): admits the read of `room_id` into the actor's window or
+    /// answers the 429 of section 5, with `alert: true` in the record and a warning. `Ok(true)`
+    /// when the room is new in the window (given back if the read does not end in a 200).
+    async fn rooms_window(
+        &self,
+        identity: &Identity,
+        room_id: &str,
+        ctx: &RequestCtx,
+        facts: &mut EndpointFacts,
+    ) -> Result<bool, ApiError> {
+        let Some(windows) = &self.windows else {
+            return Ok(false);
+        };
+        let limit = windows.limit().clone();
+        let admitted = match &self.rooms_redis {
+            None => windows.admit(&identity.user_id, room_id),
+            Some(redis) => match redis.rooms(&identity.user_id, room_id, &limit, true).await {
+                Ok((true, new, _)) => rooms_window::Admit::Allowed { new },
+                Ok((false, _, wait)) => rooms_window::Admit::Refused { wait },
+                Err(_) => match self.config.rate_limit.redis.on_failure {
+                    OnFailure::Local => {
+                        self.metrics
+                            .counters()
+                            .ratelimit_redis_fallbacks
+                            .fetch_add(1, Relaxed);
+                        windows.admit(&identity.user_id, room_id)
+                    }
+                    OnFailure::Deny => {
+                        return Err(ApiError::service_unavailable(
+                            "The shared rate limiter is unavailable; try again shortly",
+                        ))
+                    }
+                },
+            },
+        };
+        match admitted {
+            rooms_window::Admit::Allowed { new } => Ok(new),
+            rooms_window::Admit::Refused { wait } => {
+                tracing::warn!(request_id = ?ctx.request_id, actor = %identity.user_id, username = %identity.username, room = room_id, rooms = limit.rooms, per = ?limit.per, "max_rooms_per_actor reached: read refused");
+                if let Some(r) = facts.record.as_mut() {
+                    r.alert = true;
+                }
+                let d = Decision {
+                    allowed: false,
+                    which: BudgetKind::PerUser,
+                    limit: limit.rooms,
+                    remaining: 0,
+                    reset_after: wait,
+                };
+                Err(d.refusal())
+            }
+        }
+    }
+
+    /// Gives a room back to the actor's window after a read that was not a 200.
+    async fn give_back(&self, actor: &str, room_id: &str) {
+        if let Some(windows) = &self.windows {
+            // Both places: the room may have been taken locally during a Redis outage.
+            windows.give_back(actor, room_id);
+            if let (Some(redis), Some(limit)) =
+                (&self.rooms_redis, &self.config.policy.max_rooms_per_actor)
+            {
+                let _ = redis.rooms(actor, room_id, limit, false).await;
+            }
+        }
     }
 
     /// The members lookup and the protected rule for one room (9.3). With a protected list
