@@ -922,7 +922,7 @@ fn the_demo_prints_verify_and_report_commands_that_work() {
         .spawn()
         .expect("spawn demo");
     let stdout = child.stdout.take().expect("stdout");
-    let (mut curls, mut audits) = (Vec::new(), Vec::new());
+    let (mut curls, mut audits, mut reasons) = (Vec::new(), Vec::new(), None);
     for line in BufReader::new(stdout)
         .lines()
         .map_while(Result::ok)
@@ -935,6 +935,8 @@ fn the_demo_prints_verify_and_report_commands_that_work() {
             curls.push(line);
         } else if let Some(rest) = line.strip_prefix("rocketchat-shim audit ") {
             audits.push(rest.to_owned());
+        } else if let Some(rest) = line.strip_prefix("tail -n 2 ") {
+            reasons = Some(PathBuf::from(rest));
         }
     }
     for c in &curls {
@@ -960,10 +962,11 @@ fn the_demo_prints_verify_and_report_commands_that_work() {
     };
     let (code, verify) = run(&audits[0]);
     assert!(audits[0].starts_with("verify "), "{audits:?}");
-    // 200 (miss), 200 (hit), 401, 403, three 400s and the eight requests of the 429 loop.
+    // 200 (miss), 200 (hit), 401, 403, three 400s, the protected 403 and the eight requests
+    // of the 429 loop.
     assert_eq!(code, Some(0), "{verify}");
     assert!(
-        verify.starts_with("ok: 15 records, last seq 15, last hash "),
+        verify.starts_with("ok: 16 records, last seq 16, last hash "),
         "{verify}"
     );
     let (code, report) = run(&audits[1]);
@@ -975,6 +978,28 @@ fn the_demo_prints_verify_and_report_commands_that_work() {
     );
     let file = audits[0].trim_start_matches("verify ");
     let _ = std::fs::remove_file(file);
+    // The reasons shim's trail: the refusal without a reason, then the read with its reason.
+    let reasons = reasons.expect("the demo prints the reasons trail");
+    let rs = records_any(&reasons);
+    assert_eq!(rs.len(), 2, "{rs:?}");
+    assert_eq!(
+        (&rs[0]["status"], &rs[0]["error"], &rs[0]["reason"]),
+        (&json!(400), &json!("error-reason-required"), &Value::Null)
+    );
+    assert_eq!(
+        (&rs[1]["status"], &rs[1]["reason"]),
+        (&json!(200), &json!("INC-4711 works council request"))
+    );
+    let _ = std::fs::remove_file(&reasons);
+}
+
+/// The records in a trail, whatever its instance name.
+fn records_any(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .expect("read the trail")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
 }
 
 /// 9.2 and 9.3 in the trail: the refusal for a missing reason (no reason recorded), the
