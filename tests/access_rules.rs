@@ -440,3 +440,44 @@ async fn the_rooms_window_survives_a_reload_that_keeps_its_setting() {
         "a new setting starts new windows"
     );
 }
+
+/// Without `guard_related_endpoints`, a protected list still routes the counters through the
+/// shim: a plain user's own counters keep working (their members lookup is refused by the
+/// server, which then answers as it always does), a protected room is refused to everyone but
+/// the readers, and an administrator asking about a protected user's DM gets the 403.
+#[tokio::test]
+async fn unguarded_counters_stay_usable_for_plain_users() {
+    let p = start(|c| {
+        c.policy.protected_users = vec!["bob".into()];
+        c.policy.protected_rooms = vec!["admin-idalice-id".into()];
+    })
+    .await;
+    let (s, body) = get(
+        &p,
+        "/api/v1/im.counters?roomId=alice-idauditor-id",
+        Some(alice),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        get(
+            &p,
+            "/api/v1/im.counters?roomId=admin-idalice-id",
+            Some(alice),
+            None
+        )
+        .await,
+        (403, PROTECTED_403.into())
+    );
+    assert_eq!(
+        get(
+            &p,
+            &format!("/api/v1/im.counters?roomId={ROOM}&userId=bob-id"),
+            Some(admin),
+            None
+        )
+        .await,
+        (403, PROTECTED_403.into())
+    );
+}

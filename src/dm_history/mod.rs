@@ -132,7 +132,7 @@ impl DmHistory {
             r.canonical(&query);
         }
         // 9.3: after the parameters (the canonical roomId), before the cache.
-        self.protected_check(&query.room_id, &identity, &cred, ctx, facts)
+        self.protected_check(&query.room_id, &identity, &cred, ctx, false, facts)
             .await?;
         // 9.4: after the protected rule, before the cache.
         let taken = self
@@ -216,28 +216,35 @@ impl DmHistory {
     /// The members lookup and the protected rule for one room (9.3). With a protected list
     /// set the lookup fails closed (502/504, or Rocket.Chat's `error-room-not-found` on a
     /// 4xx); without, it is made only for the record, and a failure leaves `members: null`.
+    ///
+    /// `unverified`: the caller was not found to hold the permission (the counters endpoints
+    /// routed here only because a protected list is set). Then a listed room is refused
+    /// without asking, and a refused lookup (the caller lacks `view-room-administration`)
+    /// lets the request go on: Rocket.Chat itself then shows such a caller only the counters
+    /// of rooms they are in. Unreachable, 5xx and timeouts still fail closed.
     async fn protected_check(
         &self,
         room_id: &str,
         identity: &Identity,
         cred: &Credential,
         ctx: &RequestCtx,
+        unverified: bool,
         facts: &mut EndpointFacts,
     ) -> Result<(), ApiError> {
         let policy = &self.config.policy;
+        if unverified {
+            rules::check_protected(policy, identity, room_id, &[])?;
+        }
         let members = if policy.any_protected() {
-            let m = self
-                .members
-                .get(room_id, &self.upstream, cred, ctx)
-                .await
-                .map_err(|e| match e {
-                    lookup::LookupError::Status(s, _) if s.is_client_error() => {
-                        tracing::warn!(request_id = ?ctx.request_id, room = room_id, status = %s, "room members lookup refused; answering error-room-not-found");
-                        ApiError::room_not_found(room_id)
-                    }
-                    e => e.report(&self.metrics, ctx, "room members lookup"),
-                })?;
-            Some(m.as_ref().clone())
+            match self.members.get(room_id, &self.upstream, cred, ctx).await {
+                Ok(m) => Some(m.as_ref().clone()),
+                Err(lookup::LookupError::Status(s, _)) if s.is_client_error() && unverified => None,
+                Err(lookup::LookupError::Status(s, _)) if s.is_client_error() => {
+                    tracing::warn!(request_id = ?ctx.request_id, room = room_id, status = %s, "room members lookup refused; answering error-room-not-found");
+                    return Err(ApiError::room_not_found(room_id));
+                }
+                Err(e) => return Err(e.report(&self.metrics, ctx, "room members lookup")),
+            }
         } else if facts.record.is_some() {
             self.members_of(room_id, cred, ctx).await
         } else {
@@ -393,7 +400,7 @@ impl DmHistory {
                     .collect();
                 rooms.dedup();
                 for id in rooms {
-                    self.protected_check(id, &identity, &cred, ctx, facts)
+                    self.protected_check(id, &identity, &cred, ctx, !guarding, facts)
                         .await?;
                 }
                 Ok(())
@@ -405,7 +412,7 @@ impl DmHistory {
                     .as_ref()
                     .and_then(|r| r.room.as_ref().map(|room| room.id.clone()));
                 if let Some(id) = room {
-                    self.protected_check(&id, &identity, &cred, ctx, facts)
+                    self.protected_check(&id, &identity, &cred, ctx, !guarding, facts)
                         .await?;
                 }
                 Ok(())
