@@ -481,3 +481,51 @@ async fn unguarded_counters_stay_usable_for_plain_users() {
         (403, PROTECTED_403.into())
     );
 }
+
+#[tokio::test]
+async fn a_missing_reason_spends_no_per_user_budget() {
+    let p = start(|c| {
+        c.policy.require_reason = true;
+        c.rate_limit.enabled = true;
+        c.rate_limit.per_user = rocketchat_shim::config::Budget {
+            requests: 1,
+            per: Duration::from_secs(60),
+        };
+    })
+    .await;
+    let room = format!("{EP}?roomId={ROOM}");
+    for _ in 0..3 {
+        assert_eq!(
+            get(&p, &room, Some(admin), None).await,
+            (400, REASON_400.into())
+        );
+    }
+    assert_eq!(get(&p, &room, Some(admin), Some("INC-1")).await.0, 200);
+    assert_eq!(get(&p, &room, Some(admin), Some("INC-1")).await.0, 429);
+}
+
+#[tokio::test]
+async fn the_members_cache_survives_a_reload_unless_members_ttl_changes() {
+    let p = start(|c| {
+        c.cache.enabled = false;
+        c.policy.protected_users = vec!["carol".into()];
+    })
+    .await;
+    let room = format!("{EP}?roomId={ROOM}");
+    assert_eq!(get(&p, &room, Some(admin), None).await.0, 200);
+    assert_eq!(p.standin.count_path(GET_ROOM), 1);
+    let mut c = base_config(&p.standin.url());
+    c.cache.enabled = false;
+    c.policy.protected_users = vec!["carol".into(), "dave".into()];
+    p.shim.reload(c.clone()).expect("reload");
+    assert_eq!(get(&p, &room, Some(admin), None).await.0, 200);
+    assert_eq!(p.standin.count_path(GET_ROOM), 1, "kept");
+    c.policy.members_ttl = Duration::from_secs(120);
+    p.shim.reload(c).expect("reload");
+    assert_eq!(get(&p, &room, Some(admin), None).await.0, 200);
+    assert_eq!(
+        p.standin.count_path(GET_ROOM),
+        2,
+        "a new members_ttl starts afresh"
+    );
+}
