@@ -13,12 +13,20 @@
 //! 4. permission and setting in the order `policy.error_style` gives (`policy.rs`: modern
 //!    checks the permission first, legacy the setting), the inputs from `permission_roles.rs`
 //!    and `endpoint_setting.rs`;
-//! 5. the per-user budget;
-//! 6. the parameters, validated and canonical (`params/`);
-//! 7. the answer from the cache or the upstream (`answer.rs`).
+//! 5. the reason (`X-Audit-Reason`, §9.2, `rules.rs`), when required;
+//! 6. the per-user budget;
+//! 7. the parameters, validated and canonical (`params/`);
+//! 8. protected conversations (§9.3, `rules.rs`, members from `members.rs`, failing closed
+//!    while a protected list is set);
+//! 9. the distinct rooms per actor (§9.4, `rooms_window.rs`, or Redis);
+//! 10. the answer from the cache or the upstream (`answer.rs`); a read that is not a 200
+//!     gives its room back to the window.
 //!
 //! The guarded related endpoints run steps 1 (query syntax), 2, 3 and 4
-//! ([`DmHistory::check_guarded`]); the server's dispatcher then forwards them unchanged.
+//! ([`DmHistory::check_guarded`]), then the protected rule for the list and counters
+//! endpoints; the server's dispatcher then forwards them unchanged (without `X-Audit-Reason`).
+//! While a protected list is set they come here even without `guard_related_endpoints`, and
+//! then step 4 is left to Rocket.Chat.
 //! Construction and what a reload keeps: `build.rs`.
 //!
 //! With the audit trail on, every answer of both also leaves a record (`record.rs`): the
