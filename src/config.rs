@@ -250,7 +250,49 @@ pub struct PolicyConfig {
     #[serde(deserialize_with = "de_duration")]
     pub setting_ttl: Duration,
     pub guard_related_endpoints: bool,
+    /// `X-Audit-Reason` is required on the endpoint (spec/shim.md 9.2).
+    pub require_reason: bool,
+    /// A regular expression the reason must match (a search); empty = any reason.
+    pub reason_pattern: String,
+    /// User ids or usernames whose DMs are refused to all but `protected_readers` (9.3).
+    pub protected_users: Vec<String>,
+    /// Room ids refused to all but `protected_readers`.
+    pub protected_rooms: Vec<String>,
+    /// User ids or usernames who may still read protected conversations.
+    pub protected_readers: Vec<String>,
+    /// How long a room's members (`rooms.adminRooms.getRoom`) are reused.
+    #[serde(deserialize_with = "de_duration")]
+    pub members_ttl: Duration,
+    /// Distinct rooms one actor may read per sliding window (9.4); off when absent.
+    pub max_rooms_per_actor: Option<RoomsWindow>,
     pub params: ParamsConfig,
+}
+
+/// `policy.max_rooms_per_actor = { rooms, per }`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RoomsWindow {
+    pub rooms: u32,
+    #[serde(deserialize_with = "de_duration")]
+    pub per: Duration,
+}
+
+impl PolicyConfig {
+    /// Whether any protected list is set (the members lookup then fails closed).
+    pub fn any_protected(&self) -> bool {
+        !self.protected_users.is_empty() || !self.protected_rooms.is_empty()
+    }
+
+    /// The compiled `reason_pattern`, `None` when empty (validated at load, so an error here
+    /// means a config that was never validated).
+    pub fn reason_regex(&self) -> Result<Option<regex::Regex>, String> {
+        if self.reason_pattern.is_empty() {
+            return Ok(None);
+        }
+        regex::Regex::new(&self.reason_pattern)
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
 }
 
 impl Default for PolicyConfig {
@@ -264,6 +306,13 @@ impl Default for PolicyConfig {
             permissions_ttl: Duration::from_secs(60),
             setting_ttl: Duration::from_secs(30),
             guard_related_endpoints: false,
+            require_reason: false,
+            reason_pattern: String::new(),
+            protected_users: Vec::new(),
+            protected_rooms: Vec::new(),
+            protected_readers: Vec::new(),
+            members_ttl: Duration::from_secs(60),
+            max_rooms_per_actor: None,
             params: ParamsConfig::default(),
         }
     }
@@ -557,6 +606,7 @@ impl Config {
             ("policy.identity_ttl", self.policy.identity_ttl),
             ("policy.permissions_ttl", self.policy.permissions_ttl),
             ("policy.setting_ttl", self.policy.setting_ttl),
+            ("policy.members_ttl", self.policy.members_ttl),
             ("cache.ttl", self.cache.ttl),
             ("rate_limit.per_user.per", self.rate_limit.per_user.per),
             ("rate_limit.per_ip.per", self.rate_limit.per_ip.per),
@@ -619,6 +669,20 @@ impl Config {
                 "policy.params.sort_fields",
                 &format!("\"{f}\" is not a field path (letters, digits, '_' and '.')"),
             );
+        }
+        if let Err(e) = self.policy.reason_regex() {
+            return bad(
+                "policy.reason_pattern",
+                &format!("invalid regular expression: {e}"),
+            );
+        }
+        if let Some(w) = &self.policy.max_rooms_per_actor {
+            if w.rooms == 0 {
+                return bad("policy.max_rooms_per_actor.rooms", "must be at least 1");
+            }
+            if w.per.is_zero() {
+                return bad("policy.max_rooms_per_actor.per", "must be longer than zero");
+            }
         }
         if self.policy.permission.trim().is_empty() {
             return bad("policy.permission", "must not be empty");
@@ -938,6 +1002,35 @@ mod tests {
         assert!(e.starts_with("test.toml:2:"), "{e}");
         let e = err("[server\n");
         assert!(e.starts_with("test.toml:1:"), "{e}");
+    }
+
+    #[test]
+    fn access_rule_keys_parse_and_validate() {
+        let c = parse(
+            "[policy]\nrequire_reason = true\nreason_pattern = \"^(INC|CASE)-[0-9]+\"\nprotected_users = [\"ceo\"]\nprotected_rooms = [\"r1\"]\nprotected_readers = [\"wc\"]\nmembers_ttl = \"5m\"\nmax_rooms_per_actor = { rooms = 20, per = \"1h\" }\n",
+        )
+        .expect("valid");
+        assert!(c.policy.require_reason && c.policy.any_protected());
+        assert_eq!(c.policy.members_ttl, Duration::from_secs(300));
+        assert_eq!(
+            c.policy.max_rooms_per_actor,
+            Some(RoomsWindow {
+                rooms: 20,
+                per: Duration::from_secs(3600)
+            })
+        );
+        let e = err("[policy]\nreason_pattern = \"(INC\"\n");
+        assert!(
+            e.starts_with("test.toml: policy.reason_pattern: invalid regular expression"),
+            "{e}"
+        );
+        let e = err("[policy]\nmembers_ttl = \"0s\"\n");
+        assert_eq!(e, "test.toml: policy.members_ttl: must be longer than zero");
+        let e = err("[policy]\nmax_rooms_per_actor = { rooms = 0, per = \"1h\" }\n");
+        assert_eq!(
+            e,
+            "test.toml: policy.max_rooms_per_actor.rooms: must be at least 1"
+        );
     }
 
     #[test]

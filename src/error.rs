@@ -93,6 +93,30 @@ impl ApiError {
         )
     }
 
+    /// spec/shim.md 9.2: the `X-Audit-Reason` header is missing or not acceptable (400).
+    pub fn reason_required() -> Self {
+        Self::failure(
+            "error-reason-required",
+            "A reason is required to read others' direct messages: send it in the X-Audit-Reason header",
+        )
+    }
+
+    /// spec/shim.md 9.3: a protected conversation (403, same body in both error styles).
+    pub fn room_protected() -> Self {
+        let mut e = Self::failure("error-room-protected", "This conversation is protected");
+        e.status = StatusCode::FORBIDDEN;
+        e
+    }
+
+    /// Rocket.Chat's own answer for an unknown DM room (400), sent by the shim when the members
+    /// lookup is refused with a 4xx while protected lists are set.
+    pub fn room_not_found(room_id: &str) -> Self {
+        Self::failure(
+            "error-room-not-found",
+            &format!("No direct message room found by the id of: {room_id}"),
+        )
+    }
+
     /// A parameter the shim refuses: says which one and why (400 `error-invalid-params`).
     pub fn invalid_param(param: &str, why: &str) -> Self {
         let mut e = Self::failure(

@@ -922,7 +922,7 @@ fn the_demo_prints_verify_and_report_commands_that_work() {
         .spawn()
         .expect("spawn demo");
     let stdout = child.stdout.take().expect("stdout");
-    let (mut curls, mut audits) = (Vec::new(), Vec::new());
+    let (mut curls, mut audits, mut reasons) = (Vec::new(), Vec::new(), None);
     for line in BufReader::new(stdout)
         .lines()
         .map_while(Result::ok)
@@ -935,6 +935,8 @@ fn the_demo_prints_verify_and_report_commands_that_work() {
             curls.push(line);
         } else if let Some(rest) = line.strip_prefix("rocketchat-shim audit ") {
             audits.push(rest.to_owned());
+        } else if let Some(rest) = line.strip_prefix("tail -n 2 ") {
+            reasons = Some(PathBuf::from(rest));
         }
     }
     for c in &curls {
@@ -960,10 +962,11 @@ fn the_demo_prints_verify_and_report_commands_that_work() {
     };
     let (code, verify) = run(&audits[0]);
     assert!(audits[0].starts_with("verify "), "{audits:?}");
-    // 200 (miss), 200 (hit), 401, 403, three 400s and the eight requests of the 429 loop.
+    // 200 (miss), 200 (hit), 401, 403, three 400s, the protected 403 and the eight requests
+    // of the 429 loop.
     assert_eq!(code, Some(0), "{verify}");
     assert!(
-        verify.starts_with("ok: 15 records, last seq 15, last hash "),
+        verify.starts_with("ok: 16 records, last seq 16, last hash "),
         "{verify}"
     );
     let (code, report) = run(&audits[1]);
@@ -975,4 +978,73 @@ fn the_demo_prints_verify_and_report_commands_that_work() {
     );
     let file = audits[0].trim_start_matches("verify ");
     let _ = std::fs::remove_file(file);
+    // The reasons shim's trail: the refusal without a reason, then the read with its reason.
+    let reasons = reasons.expect("the demo prints the reasons trail");
+    let rs = records_any(&reasons);
+    assert_eq!(rs.len(), 2, "{rs:?}");
+    assert_eq!(
+        (&rs[0]["status"], &rs[0]["error"], &rs[0]["reason"]),
+        (&json!(400), &json!("error-reason-required"), &Value::Null)
+    );
+    assert_eq!(
+        (&rs[1]["status"], &rs[1]["reason"]),
+        (&json!(200), &json!("INC-4711 works council request"))
+    );
+    let _ = std::fs::remove_file(&reasons);
+}
+
+/// The records in a trail, whatever its instance name.
+fn records_any(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .expect("read the trail")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+/// 9.2 and 9.3 in the trail: the refusal for a missing reason (no reason recorded), the
+/// protected room's 403 with the reason given and the members that made it protected, and an
+/// allowed read carrying its reason.
+#[tokio::test]
+async fn reasons_and_protected_refusals_are_recorded() {
+    let dir = tempdir("rules");
+    let path = dir.join("audit.jsonl");
+    let pair = start(|c| {
+        audit_on(c, &path);
+        c.policy.require_reason = true;
+        c.policy.protected_users = vec!["bob".into()];
+    })
+    .await;
+    let http = client();
+    let url = |room: &str| format!("{}/api/v1/im.messages.others?roomId={room}", pair.url());
+    assert_eq!(get(admin(http.get(url(ROOM))), "no-reason").await.0, 400);
+    let r = record_of(&path, "no-reason");
+    assert_eq!(
+        (&r["reason"], &r["error"], &r["decision"], &r["status"]),
+        (
+            &Value::Null,
+            &json!("error-reason-required"),
+            &json!("refuse"),
+            &json!(400)
+        )
+    );
+    let with = |rb: reqwest::RequestBuilder| admin(rb).header("X-Audit-Reason", " INC-7 ");
+    assert_eq!(get(with(http.get(url(ROOM))), "protected").await.0, 403);
+    let r = record_of(&path, "protected");
+    assert_eq!(
+        (&r["reason"], &r["error"], &r["room"], &r["alert"]),
+        (
+            &json!("INC-7"),
+            &json!("error-room-protected"),
+            &room(members()),
+            &json!(false)
+        )
+    );
+    let other = "admin-idalice-id";
+    assert_eq!(get(with(http.get(url(other))), "allowed").await.0, 200);
+    let r = record_of(&path, "allowed");
+    assert_eq!(
+        (&r["reason"], &r["decision"], &r["status"]),
+        (&json!("INC-7"), &json!("allow"), &json!(200))
+    );
 }

@@ -280,3 +280,81 @@ async fn on_failure_deny_answers_503_while_redis_is_down() {
     };
     assert_eq!(statuses, vec![200, 200, 200, 200, 200, 429, 429]);
 }
+
+/// 9.4 on Redis: `max_rooms_per_actor` is one window per actor shared by two shims (a sorted
+/// set that expires by itself), rereading is free on either; Redis killed: `on_failure`
+/// (local windows, or the 503 with "deny"); Redis restarted empty: shared again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shims_share_the_rooms_window_and_survive_redis_outages() {
+    let redis = RedisServer::start(dead_port());
+    let standin = Standin::start().await.expect("standin");
+    let config = |on_failure| {
+        let mut c = redis_config(&standin.url(), &redis.url(), "w1:", on_failure);
+        // Independent of the rate limits: they are off here.
+        c.rate_limit.enabled = false;
+        c.policy.max_rooms_per_actor = Some(rocketchat_shim::config::RoomsWindow {
+            rooms: 2,
+            per: Duration::from_secs(3600),
+        });
+        c
+    };
+    let a = server::start(config(OnFailure::Local))
+        .await
+        .expect("shim a");
+    let b = server::start(config(OnFailure::Deny))
+        .await
+        .expect("shim b");
+    let q = |room: &str| format!("/api/v1/im.messages.others?roomId={room}&count=1");
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(status(hit(&a, admin, &q("alice-idbob-id")).await), 200);
+    assert_eq!(status(hit(&b, admin, &q("admin-idalice-id")).await), 200);
+    // Rereading on the other shim is free.
+    assert_eq!(status(hit(&b, admin, &q("alice-idbob-id")).await), 200);
+    assert_eq!(status(hit(&a, admin, &q("admin-idalice-id")).await), 200);
+    // The third room, on either shim: the 429 with the window's headers.
+    for shim in [&a, &b] {
+        let r = hit(shim, admin, &q("alice-idauditor-id")).await;
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()["x-ratelimit-limit"], "2");
+        let retry: u64 = r.headers()["retry-after"]
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        assert!((3590..=3600).contains(&retry), "{retry}");
+    }
+    assert_eq!(
+        redis.cli(&["ZCARD", "w1:rooms:admin-id"]).as_deref(),
+        Some("2")
+    );
+    let ttl: i64 = redis
+        .cli(&["PTTL", "w1:rooms:admin-id"])
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(-9);
+    assert!(ttl > 3_590_000 && ttl <= 3_600_000, "PTTL {ttl}");
+
+    // Redis killed: a falls back to its own (empty) window, b (deny) answers 503.
+    let port = redis.port;
+    redis.stop();
+    assert_eq!(status(hit(&a, admin, &q("alice-idauditor-id")).await), 200);
+    let r = hit(&b, admin, &q("alice-idauditor-id")).await;
+    assert_eq!(r.status(), 503);
+
+    // Restarted (empty): the window is shared again from nothing.
+    let redis = RedisServer::start(port);
+    let mut served = false;
+    for _ in 0..100 {
+        if status(hit(&b, admin, &q("alice-idauditor-id")).await) == 200 {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served, "b serves again once Redis is back");
+    assert_eq!(status(hit(&a, admin, &q("alice-idbob-id")).await), 200);
+    assert_eq!(status(hit(&a, admin, &q("admin-idalice-id")).await), 429);
+    assert_eq!(
+        redis.cli(&["ZCARD", "w1:rooms:admin-id"]).as_deref(),
+        Some("2")
+    );
+}

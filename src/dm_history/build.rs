@@ -11,10 +11,12 @@ use super::endpoint_setting::EndpointSetting;
 use super::identity::Identities;
 use super::members::Members;
 use super::permission_roles::PermissionRoles;
+use super::rooms_window::LocalWindows;
 use super::DmHistory;
 use crate::cache::ResponseCache;
-use crate::config::{Config, DmHistoryEndpoint};
+use crate::config::{Config, DmHistoryEndpoint, RateLimitBackend};
 use crate::metrics::Metrics;
+use crate::ratelimit::redis::RedisLimiter;
 use crate::ratelimit::RateLimits;
 use crate::upstream::Upstream;
 
@@ -40,9 +42,20 @@ impl DmHistory {
             _ => Arc::new(Identities::new(config.policy.identity_ttl, metrics.clone())),
         };
         let members = match previous {
-            Some(p) if same(&|c| c.upstream == config.upstream) => p.members.clone(),
-            _ => Arc::new(Members::default()),
+            Some(p)
+                if same(&|c| {
+                    c.upstream == config.upstream
+                        && c.policy.members_ttl == config.policy.members_ttl
+                }) =>
+            {
+                p.members.clone()
+            }
+            _ => Arc::new(Members::new(config.policy.members_ttl)),
         };
+        let reason_pattern = config
+            .policy
+            .reason_regex()
+            .map_err(|e| format!("policy.reason_pattern: invalid regular expression: {e}"))?;
         let service = service_credential(&config)?;
         let roles = Arc::new(PermissionRoles::new(
             &config.policy,
@@ -66,6 +79,34 @@ impl DmHistory {
                 _ => Some(ResponseCache::new(&config.cache, metrics.clone())),
             }
         };
+        let windows = match (&config.policy.max_rooms_per_actor, previous) {
+            (None, _) => None,
+            (Some(w), Some(p))
+                if p.windows.is_some()
+                    && p.config.policy.max_rooms_per_actor.as_ref() == Some(w) =>
+            {
+                p.windows.clone()
+            }
+            (Some(w), _) => Some(Arc::new(LocalWindows::new(w.clone()))),
+        };
+        // 9.4 on Redis: the rate limiter's connection when it has one, else one of its own
+        // (max_rooms_per_actor does not depend on rate_limit.enabled).
+        let rooms_redis = match (&windows, config.rate_limit.backend) {
+            (Some(_), RateLimitBackend::Redis) => match (limits.redis(), previous) {
+                (Some(r), _) => Some(r),
+                (None, Some(p))
+                    if p.rooms_redis.is_some()
+                        && p.config.rate_limit.redis == config.rate_limit.redis =>
+                {
+                    p.rooms_redis.clone()
+                }
+                _ => Some(RedisLimiter::new(
+                    &config.rate_limit.redis,
+                    metrics.clone(),
+                )?),
+            },
+            _ => None,
+        };
         register_gauges(&metrics, cache.as_ref(), &limits);
         Ok(DmHistory {
             config,
@@ -77,6 +118,9 @@ impl DmHistory {
             limits,
             cache,
             members,
+            reason_pattern,
+            windows,
+            rooms_redis,
         })
     }
 }

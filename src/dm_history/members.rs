@@ -3,9 +3,10 @@
 //! `uids` and `usernames` are parallel lists) with the caller's own credential, since it needs
 //! `view-room-administration`, which the caller has just been found to hold.
 //!
-//! Cached per room for [`MEMBERS_TTL`] (a DM's members do not change; a multi-user DM's rarely),
+//! Cached per room for `policy.members_ttl` (a DM's members do not change; a multi-user DM's rarely),
 //! and concurrent first lookups of one room share one upstream call. Failures are not cached:
-//! the caller decides what a failed lookup means (for the record alone, `members: null`).
+//! the caller decides what a failed lookup means (for the record alone, `members: null`; with
+//! a protected list set, the request is refused: see `DmHistory::protected_check`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +22,7 @@ use crate::dm_history::params::encode_component;
 use crate::request::RequestCtx;
 use crate::upstream::Upstream;
 
-/// How long a room's members are reused (`[policy]` has no `members_ttl` key yet).
+/// The default of `policy.members_ttl`.
 pub const MEMBERS_TTL: Duration = Duration::from_secs(60);
 /// Rooms whose members are held at most (a few hundred bytes each).
 const MAX_ROOMS: u64 = 50_000;

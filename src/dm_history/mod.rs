@@ -13,12 +13,20 @@
 //! 4. permission and setting in the order `policy.error_style` gives (`policy.rs`: modern
 //!    checks the permission first, legacy the setting), the inputs from `permission_roles.rs`
 //!    and `endpoint_setting.rs`;
-//! 5. the per-user budget;
-//! 6. the parameters, validated and canonical (`params/`);
-//! 7. the answer from the cache or the upstream (`answer.rs`).
+//! 5. the reason (`X-Audit-Reason`, §9.2, `rules.rs`), when required;
+//! 6. the per-user budget;
+//! 7. the parameters, validated and canonical (`params/`);
+//! 8. protected conversations (§9.3, `rules.rs`, members from `members.rs`, failing closed
+//!    while a protected list is set);
+//! 9. the distinct rooms per actor (§9.4, `rooms_window.rs`, or Redis);
+//! 10. the answer from the cache or the upstream (`answer.rs`); a read that is not a 200
+//!     gives its room back to the window.
 //!
 //! The guarded related endpoints run steps 1 (query syntax), 2, 3 and 4
-//! ([`DmHistory::check_guarded`]); the server's dispatcher then forwards them unchanged.
+//! ([`DmHistory::check_guarded`]), then the protected rule for the list and counters
+//! endpoints; the server's dispatcher then forwards them unchanged (without `X-Audit-Reason`).
+//! While a protected list is set they come here even without `guard_related_endpoints`, and
+//! then step 4 is left to Rocket.Chat.
 //! Construction and what a reload keeps: `build.rs`.
 //!
 //! With the audit trail on, every answer of both also leaves a record (`record.rs`): the
@@ -36,6 +44,8 @@ pub mod params;
 pub mod permission_roles;
 pub mod policy;
 mod record;
+pub mod rooms_window;
+pub mod rules;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -46,7 +56,7 @@ use hyper::body::Incoming;
 use crate::audit::{AuditTrail, CacheStatus, Decision as AuditDecision, Endpoint};
 use crate::body::ProxyBody;
 use crate::cache::{Outcome, ResponseCache};
-use crate::config::Config;
+use crate::config::{Config, OnFailure};
 use crate::error::ApiError;
 use crate::headers;
 use crate::metrics::Metrics;
@@ -75,8 +85,16 @@ pub struct DmHistory {
     setting: Arc<EndpointSetting>,
     limits: Arc<RateLimits>,
     cache: Option<ResponseCache>,
-    /// Rooms' members for the audit records (kept across a reload to the same upstream).
+    /// Rooms' members for the audit records and the protected rule (kept across a reload to
+    /// the same upstream with the same `members_ttl`).
     members: Arc<Members>,
+    /// `policy.reason_pattern`, compiled (validated with the config).
+    reason_pattern: Option<regex::Regex>,
+    /// `policy.max_rooms_per_actor`: each actor's distinct rooms (kept across a reload that
+    /// does not change the setting).
+    windows: Option<Arc<rooms_window::LocalWindows>>,
+    /// With `rate_limit.backend = "redis"`: the windows shared by every replica.
+    rooms_redis: Option<Arc<crate::ratelimit::redis::RedisLimiter>>,
 }
 
 impl DmHistory {
@@ -104,19 +122,149 @@ impl DmHistory {
         if let Some(r) = facts.record.as_mut() {
             r.named_room(&raw);
         }
-        let (cred, identity) = self.admit(req, &raw, ctx, facts).await?;
+        let (cred, identity) = self.admit(req, &raw, ctx, true, facts).await?;
+        // 9.2: after permission and setting (a caller without them learns nothing), before
+        // the per-user budget and the parameters.
+        let policy = &self.config.policy;
+        let reason = rules::reason(
+            req.headers(),
+            policy.require_reason,
+            self.reason_pattern.as_ref(),
+        )?;
+        if let Some(r) = facts.record.as_mut() {
+            r.reason = reason;
+        }
         self.spend(self.limits.check_user(&identity.user_id).await?, facts)?;
-        let query = CanonicalQuery::from_raw(&raw, &self.config.policy.params)?;
-        if facts.record.is_some() {
-            let members = self.members_of(&query.room_id, &cred, ctx).await;
-            if let Some(r) = facts.record.as_mut() {
-                r.canonical(&query);
-                if let Some(room) = r.room.as_mut() {
-                    room.members = members;
+        let query = CanonicalQuery::from_raw(&raw, &policy.params)?;
+        if let Some(r) = facts.record.as_mut() {
+            r.canonical(&query);
+        }
+        // 9.3: after the parameters (the canonical roomId), before the cache.
+        self.protected_check(&query.room_id, &identity, &cred, ctx, false, facts)
+            .await?;
+        // 9.4: after the protected rule, before the cache.
+        let taken = self
+            .rooms_window(&identity, &query.room_id, ctx, facts)
+            .await?;
+        let answer = self.answer(req, &identity, &cred, &query, ctx, facts).await;
+        let read = matches!(&answer, Ok(r) if r.status() == http::StatusCode::OK);
+        if taken && !read {
+            self.give_back(&identity.user_id, &query.room_id).await;
+        }
+        answer
+    }
+
+    /// `max_rooms_per_actor` (9.4): admits the read of `room_id` into the actor's window or
+    /// answers the 429 of section 5, with `alert: true` in the record and a warning. `Ok(true)`
+    /// when the room is new in the window (given back if the read does not end in a 200).
+    async fn rooms_window(
+        &self,
+        identity: &Identity,
+        room_id: &str,
+        ctx: &RequestCtx,
+        facts: &mut EndpointFacts,
+    ) -> Result<bool, ApiError> {
+        let Some(windows) = &self.windows else {
+            return Ok(false);
+        };
+        let limit = windows.limit().clone();
+        let admitted = match &self.rooms_redis {
+            None => windows.admit(&identity.user_id, room_id),
+            Some(redis) => match redis.rooms(&identity.user_id, room_id, &limit, true).await {
+                Ok((true, new, _)) => rooms_window::Admit::Allowed { new },
+                Ok((false, _, wait)) => rooms_window::Admit::Refused { wait },
+                Err(_) => match self.config.rate_limit.redis.on_failure {
+                    OnFailure::Local => {
+                        self.metrics
+                            .counters()
+                            .ratelimit_redis_fallbacks
+                            .fetch_add(1, Relaxed);
+                        windows.admit(&identity.user_id, room_id)
+                    }
+                    OnFailure::Deny => {
+                        return Err(ApiError::service_unavailable(
+                            "The shared rate limiter is unavailable; try again shortly",
+                        ))
+                    }
+                },
+            },
+        };
+        match admitted {
+            rooms_window::Admit::Allowed { new } => Ok(new),
+            rooms_window::Admit::Refused { wait } => {
+                tracing::warn!(request_id = ?ctx.request_id, actor = %identity.user_id, username = %identity.username, room = room_id, rooms = limit.rooms, per = ?limit.per, "max_rooms_per_actor reached: read refused");
+                if let Some(r) = facts.record.as_mut() {
+                    r.alert = true;
                 }
+                let d = Decision {
+                    allowed: false,
+                    which: BudgetKind::PerUser,
+                    limit: limit.rooms,
+                    remaining: 0,
+                    reset_after: wait,
+                };
+                Err(d.refusal())
             }
         }
-        self.answer(req, &identity, &cred, &query, ctx, facts).await
+    }
+
+    /// Gives a room back to the actor's window after a read that was not a 200.
+    async fn give_back(&self, actor: &str, room_id: &str) {
+        if let Some(windows) = &self.windows {
+            // Both places: the room may have been taken locally during a Redis outage.
+            windows.give_back(actor, room_id);
+            if let (Some(redis), Some(limit)) =
+                (&self.rooms_redis, &self.config.policy.max_rooms_per_actor)
+            {
+                let _ = redis.rooms(actor, room_id, limit, false).await;
+            }
+        }
+    }
+
+    /// The members lookup and the protected rule for one room (9.3). With a protected list
+    /// set the lookup fails closed (502/504, or Rocket.Chat's `error-room-not-found` on a
+    /// 4xx); without, it is made only for the record, and a failure leaves `members: null`.
+    ///
+    /// `unverified`: the caller was not found to hold the permission (the counters endpoints
+    /// routed here only because a protected list is set). Then a listed room is refused
+    /// without asking, and a refused lookup (the caller lacks `view-room-administration`)
+    /// lets the request go on: Rocket.Chat itself then shows such a caller only the counters
+    /// of rooms they are in. Unreachable, 5xx and timeouts still fail closed.
+    async fn protected_check(
+        &self,
+        room_id: &str,
+        identity: &Identity,
+        cred: &Credential,
+        ctx: &RequestCtx,
+        unverified: bool,
+        facts: &mut EndpointFacts,
+    ) -> Result<(), ApiError> {
+        let policy = &self.config.policy;
+        if unverified {
+            rules::check_protected(policy, identity, room_id, &[])?;
+        }
+        let members = if policy.any_protected() {
+            match self.members.get(room_id, &self.upstream, cred, ctx).await {
+                Ok(m) => Some(m.as_ref().clone()),
+                Err(lookup::LookupError::Status(s, _)) if s.is_client_error() && unverified => None,
+                Err(lookup::LookupError::Status(s, _)) if s.is_client_error() => {
+                    tracing::warn!(request_id = ?ctx.request_id, room = room_id, status = %s, "room members lookup refused; answering error-room-not-found");
+                    return Err(ApiError::room_not_found(room_id));
+                }
+                Err(e) => return Err(e.report(&self.metrics, ctx, "room members lookup")),
+            }
+        } else if facts.record.is_some() {
+            self.members_of(room_id, cred, ctx).await
+        } else {
+            None
+        };
+        if let Some(room) = facts.record.as_mut().and_then(|r| r.room.as_mut()) {
+            room.members = members.clone();
+        }
+        if policy.any_protected() {
+            rules::check_protected(policy, identity, room_id, members.as_deref().unwrap_or(&[]))?;
+        }
+        Ok(())
     }
 
     /// The members of a room for its record; `None` (the record's `null`) when the lookup
@@ -174,6 +322,7 @@ impl DmHistory {
         req: &Request<Incoming>,
         raw: &RawQuery,
         ctx: &RequestCtx,
+        authorize: bool,
         facts: &mut EndpointFacts,
     ) -> Result<(Credential, Arc<Identity>), ApiError> {
         self.spend(self.limits.check_ip(ctx.client_ip).await?, facts)?;
@@ -181,7 +330,9 @@ impl DmHistory {
             .ok_or_else(|| ApiError::not_logged_in(self.config.policy.error_style))?;
         let identity = self.identify(&cred, ctx).await?;
         facts.identified(&identity);
-        self.authorize(&identity, &cred, ctx).await?;
+        if authorize {
+            self.authorize(&identity, &cred, ctx).await?;
+        }
         Ok((cred, identity))
     }
 
@@ -222,6 +373,7 @@ impl DmHistory {
         &self,
         req: &Request<Incoming>,
         ctx: &RequestCtx,
+        which: Guarded,
         facts: &mut EndpointFacts,
     ) -> Result<(), ApiError> {
         let raw = RawQuery::parse(req.uri().query())?;
@@ -232,23 +384,48 @@ impl DmHistory {
         if let Some(r) = facts.record.as_mut().filter(|_| counters) {
             r.named_room(&raw);
         }
-        let (cred, _identity) = self.admit(req, &raw, ctx, facts).await?;
-        // Passed: the record names what goes upstream, and the room's members.
-        let room = facts
-            .record
-            .as_ref()
-            .and_then(|r| r.room.as_ref().map(|room| room.id.clone()));
-        let members = match &room {
-            Some(id) => self.members_of(id, &cred, ctx).await,
-            None => None,
-        };
+        // Routed here without `guard_related_endpoints` only because a protected list is set
+        // (9.3): then the caller is identified (no credential is the 401) but Rocket.Chat
+        // keeps its own say on permission and setting.
+        let guarding = self.config.policy.guard_related_endpoints;
+        let (cred, identity) = self.admit(req, &raw, ctx, guarding, facts).await?;
         if let Some(r) = facts.record.as_mut() {
             r.forwarded(&raw);
-            if let Some(room) = r.room.as_mut() {
-                room.members = members;
+        }
+        // 9.3: the list endpoints show every DM's last message; the counters name one room.
+        match which {
+            Guarded::ListEveryone => rules::check_list_everyone(&self.config.policy, &identity),
+            Guarded::Counters if self.config.policy.any_protected() => {
+                // Every roomId the query names (`roomId`, `roomId[]`, `roomId[0]`: qs makes
+                // them one array), so that a second value cannot slip a protected room past.
+                let mut rooms: Vec<&str> = raw
+                    .pairs()
+                    .iter()
+                    .filter(|(k, v)| {
+                        (k == "roomId" || k.starts_with("roomId[")) && !v.trim().is_empty()
+                    })
+                    .map(|(_, v)| v.as_str())
+                    .collect();
+                rooms.dedup();
+                for id in rooms {
+                    self.protected_check(id, &identity, &cred, ctx, !guarding, facts)
+                        .await?;
+                }
+                Ok(())
+            }
+            Guarded::Counters => {
+                // Without protected lists: the room's members for the record only.
+                let room = facts
+                    .record
+                    .as_ref()
+                    .and_then(|r| r.room.as_ref().map(|room| room.id.clone()));
+                if let Some(id) = room {
+                    self.protected_check(&id, &identity, &cred, ctx, !guarding, facts)
+                        .await?;
+                }
+                Ok(())
             }
         }
-        Ok(())
     }
 }
 
@@ -332,10 +509,12 @@ impl DmHistory {
         audit: Option<&AuditTrail>,
     ) -> Result<(AccessLogFacts, Option<PendingRecord>), Response<ProxyBody>> {
         headers::strip_hop_by_hop(req.headers_mut());
+        // The reason is for the audit trail, never for the upstream (9.2).
+        req.headers_mut().remove(rules::REASON_HEADER);
         let record =
             audit.map(|_| RecordFacts::new(record::guarded_endpoint(which), req.uri().path()));
         let mut facts = EndpointFacts::new(record);
-        let checked = self.guard_check(req, ctx, &mut facts).await;
+        let checked = self.guard_check(req, ctx, which, &mut facts).await;
         let log = AccessLogFacts {
             user_id: facts.user_id,
             cache: None,

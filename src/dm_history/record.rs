@@ -46,6 +46,10 @@ pub(super) struct RecordFacts {
     pub actor: Option<Person>,
     pub room: Option<Room>,
     pub query: Option<Value>,
+    /// The `X-Audit-Reason` given (9.2), trimmed.
+    pub reason: Option<String>,
+    /// The read crossed `max_rooms_per_actor` (9.4).
+    pub alert: bool,
 }
 
 impl RecordFacts {
@@ -57,6 +61,8 @@ impl RecordFacts {
             actor: None,
             room: None,
             query: None,
+            reason: None,
+            alert: false,
         }
     }
 
@@ -157,6 +163,8 @@ impl RecordFacts {
         e.actor = self.actor;
         e.room = self.room;
         e.query = self.query;
+        e.reason = self.reason;
+        e.alert = self.alert;
         e.cache = cache;
         e.set_answer(decision, status.as_u16(), body);
         e

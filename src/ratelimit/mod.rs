@@ -222,6 +222,12 @@ impl RateLimits {
         })
     }
 
+    /// The shared Redis side, when `backend = "redis"` and the limits are on (the rooms
+    /// window of `max_rooms_per_actor` reuses its connection).
+    pub fn redis(&self) -> Option<Arc<RedisLimiter>> {
+        self.redis.clone()
+    }
+
     /// Spends from the per-IP budget (`Ok(None)` when limits are off). `Err` is the 503 of
     /// `on_failure = "deny"` while Redis is unavailable.
     pub async fn check_ip(&self, ip: IpAddr) -> Result<Option<Decision>, ApiError> {

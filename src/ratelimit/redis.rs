@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::ratelimit::{BudgetKind, Decision};
 
 const GCRA: &str = include_str!("gcra.lua");
+const ROOMS: &str = include_str!("rooms.lua");
 
 /// Why Redis could not decide.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +37,8 @@ pub struct RedisLimiter {
     client: redis::Client,
     conn: OnceCell<ConnectionManager>,
     script: Script,
+    /// `max_rooms_per_actor`'s window script (9.4).
+    rooms_script: Script,
     prefix: String,
     timeout: Duration,
     /// In an outage (logged once when it starts and once when it ends).
@@ -53,6 +56,7 @@ impl RedisLimiter {
             client,
             conn: OnceCell::new(),
             script: Script::new(GCRA),
+            rooms_script: Script::new(ROOMS),
             prefix: cfg.key_prefix.clone(),
             timeout: cfg.timeout,
             outage: AtomicBool::new(false),
@@ -95,6 +99,62 @@ impl RedisLimiter {
             Ok(r) => r,
             Err(_) => Err(RedisFailure::Timeout(self.timeout)),
         };
+        match &result {
+            Ok(_) => {
+                if self.outage.swap(false, Relaxed) {
+                    tracing::warn!("Redis answers again: rate limits are shared again");
+                }
+            }
+            Err(e) => {
+                self.metrics
+                    .counters()
+                    .ratelimit_redis_errors
+                    .fetch_add(1, Relaxed);
+                if !self.outage.swap(true, Relaxed) {
+                    tracing::error!(error = %e, "Redis rate limiter unavailable; applying rate_limit.redis.on_failure until it returns");
+                }
+            }
+        }
+        result
+    }
+
+    /// `max_rooms_per_actor` (9.4) in Redis: admits a read of `room` by `actor` into the
+    /// actor's sorted set (`admit = true`), or gives a room back. `Ok((allowed, new, wait))`.
+    pub async fn rooms(
+        &self,
+        actor: &str,
+        room: &str,
+        limit: &crate::config::RoomsWindow,
+        admit: bool,
+    ) -> Result<(bool, bool, Duration), RedisFailure> {
+        let started = Instant::now();
+        self.metrics
+            .counters()
+            .ratelimit_redis_calls
+            .fetch_add(1, Relaxed);
+        let call = async {
+            let mut conn = self.connection().await?;
+            let (allowed, new, wait_ms): (i64, i64, i64) = self
+                .rooms_script
+                .key(format!("{}rooms:{}", self.prefix, actor))
+                .arg(room)
+                .arg(limit.rooms)
+                .arg(limit.per.as_millis().max(1) as u64)
+                .arg(if admit { "admit" } else { "give_back" })
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| RedisFailure::Error(e.to_string()))?;
+            Ok((
+                allowed == 1,
+                new == 1,
+                Duration::from_millis(wait_ms.max(0) as u64),
+            ))
+        };
+        let result = match tokio::time::timeout(self.timeout, call).await {
+            Ok(r) => r,
+            Err(_) => Err(RedisFailure::Timeout(self.timeout)),
+        };
+        self.metrics.observe_redis(started.elapsed());
         match &result {
             Ok(_) => {
                 if self.outage.swap(false, Relaxed) {

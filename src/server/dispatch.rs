@@ -94,7 +94,9 @@ pub(super) async fn dispatch(
         match route::classify(
             req.uri().path(),
             &config.upstream.path_prefix,
-            config.policy.guard_related_endpoints,
+            // 9.3: with a protected list set, the list and counters endpoints are checked
+            // (for protected conversations) even when they are not otherwise guarded.
+            config.policy.guard_related_endpoints || config.policy.any_protected(),
         ) {
             Route::Passthrough => {
                 let class = if req.version() == Version::HTTP_11
