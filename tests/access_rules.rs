@@ -333,6 +333,45 @@ async fn counters_for_a_protected_room_refused() {
     assert_eq!(s, 200);
 }
 
+/// A final review found the protected counters check skipped by spellings `qs` reads as
+/// `roomId` (`[roomId]=`, its encoded form) and by `username`, which older Rocket.Chat counters
+/// handlers resolve to the DM with that user. Both guard modes.
+#[tokio::test]
+async fn counters_cannot_hide_a_protected_room_behind_qs_spellings_or_username() {
+    for guard in [true, false] {
+        let p = start(|c| {
+            c.policy.guard_related_endpoints = guard;
+            c.policy.protected_rooms = vec![ROOM.into()];
+        })
+        .await;
+        for path in [
+            format!("/api/v1/im.counters?[roomId]={ROOM}"),
+            format!("/api/v1/im.counters?%5BroomId%5D={ROOM}"),
+            format!("/api/v1/dm.counters?roomId[0]={ROOM}"),
+        ] {
+            assert_eq!(
+                get(&p, &path, Some(admin), None).await,
+                (403, PROTECTED_403.into()),
+                "{path} (guard {guard})"
+            );
+        }
+        for path in [
+            "/api/v1/im.counters?username=alice&userId=admin-id".to_string(),
+            "/api/v1/im.counters?roomId=admin-idalice-id&username=alice".to_string(),
+            "/api/v1/im.counters?username[]=alice".to_string(),
+        ] {
+            let (s, body) = get(&p, &path, Some(admin), None).await;
+            assert_eq!(s, 400, "{path} (guard {guard}): {body}");
+            assert!(
+                body.contains(r#""errorType":"error-invalid-params""#),
+                "{body}"
+            );
+        }
+        assert_eq!(p.standin.count_path("/api/v1/im.counters"), 0);
+        assert_eq!(p.standin.count_path("/api/v1/dm.counters"), 0);
+    }
+}
+
 fn rooms_limit(rooms: u32) -> Option<RoomsWindow> {
     Some(RoomsWindow {
         rooms,

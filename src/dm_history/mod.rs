@@ -246,7 +246,16 @@ impl DmHistory {
         let members = if policy.any_protected() {
             match self.members.get(room_id, &self.upstream, cred, ctx).await {
                 Ok(m) => Some(m.as_ref().clone()),
-                Err(lookup::LookupError::Status(s, _)) if s.is_client_error() && unverified => None,
+                // Unverified (the guard is off): a caller without the permission is refused by
+                // the lookup and Rocket.Chat shows them their own rooms only, so their request
+                // goes on; one who holds it was refused because the room is unknown, so it is.
+                Err(lookup::LookupError::Status(s, _))
+                    if s.is_client_error()
+                        && unverified
+                        && !self.holds_permission(identity, cred, ctx).await? =>
+                {
+                    None
+                }
                 Err(lookup::LookupError::Status(s, _)) if s.is_client_error() => {
                     tracing::warn!(request_id = ?ctx.request_id, room = room_id, status = %s, "room members lookup refused; answering error-room-not-found");
                     return Err(ApiError::room_not_found(room_id));
@@ -312,6 +321,21 @@ impl DmHistory {
             }
             Err(e) => Err(e.report(&self.metrics, ctx, "identity lookup (/me)")),
         }
+    }
+
+    /// Whether the caller's roles hold the permission (the roles lookup fails closed).
+    async fn holds_permission(
+        &self,
+        identity: &Identity,
+        cred: &Credential,
+        ctx: &RequestCtx,
+    ) -> Result<bool, ApiError> {
+        let roles = self
+            .roles
+            .get(&self.upstream, cred, ctx)
+            .await
+            .map_err(|e| e.report(&self.metrics, ctx, "permission lookup"))?;
+        Ok(policy::has_permission(identity, &roles))
     }
 
     /// The checks the endpoint and the guarded related endpoints share, in order: the per-IP
@@ -396,14 +420,21 @@ impl DmHistory {
         match which {
             Guarded::ListEveryone => rules::check_list_everyone(&self.config.policy, &identity),
             Guarded::Counters if self.config.policy.any_protected() => {
-                // Every roomId the query names (`roomId`, `roomId[]`, `roomId[0]`: qs makes
-                // them one array), so that a second value cannot slip a protected room past.
+                // Older Rocket.Chat counters handlers resolve `username` to the DM with that
+                // user, which no roomId check can see: refused while rooms are protected.
+                if raw.pairs().iter().any(|(k, _)| qs_base(k) == "username") {
+                    return Err(ApiError::invalid_param(
+                        "username",
+                        "is not accepted while protected conversations are configured; name the room with roomId",
+                    ));
+                }
+                // Every roomId the query names, in every spelling `qs` reads as `roomId`
+                // (`roomId`, `roomId[]`, `roomId[0]`, `[roomId]`: one array), so that no
+                // second value or bracket spelling slips a protected room past.
                 let mut rooms: Vec<&str> = raw
                     .pairs()
                     .iter()
-                    .filter(|(k, v)| {
-                        (k == "roomId" || k.starts_with("roomId[")) && !v.trim().is_empty()
-                    })
+                    .filter(|(k, v)| qs_base(k) == "roomId" && !v.trim().is_empty())
                     .map(|(_, v)| v.as_str())
                     .collect();
                 rooms.dedup();
@@ -543,4 +574,12 @@ impl DmHistory {
             }
         }
     }
+}
+
+/// The parameter name `qs` (Rocket.Chat's query parser) files a key under: the first non-empty
+/// part between brackets and dots (`[roomId]` and `roomId[0]` are both `roomId`).
+fn qs_base(key: &str) -> &str {
+    key.split(['[', ']', '.'])
+        .find(|part| !part.is_empty())
+        .unwrap_or("")
 }
