@@ -125,6 +125,31 @@ async fn a_v1_source_is_the_client_address() {
     assert_eq!((accepted(&p), refused(&p)), (3, 0));
 }
 
+/// A final review: a PROXY source that is itself inside `trusted_proxies` (clients on the same
+/// internal network as the balancer) must not make the client's own `X-Forwarded-For` believed:
+/// the header's source is the client address for everything (spec/shim.md §10).
+#[tokio::test]
+async fn a_proxy_source_inside_trusted_proxies_does_not_unlock_forwarded_for() {
+    let p = start(|c| {
+        c.server.proxy_protocol = true;
+        c.server.trusted_proxies = vec![
+            "127.0.0.1/32".parse().expect("net"),
+            "10.0.0.0/8".parse().expect("net"),
+        ];
+    })
+    .await;
+    let answer = raw(
+        p.shim.addr,
+        &cat(b"PROXY TCP4 10.1.2.3 10.0.0.1 5555 443\r\n", ECHO),
+        WAIT,
+    )
+    .await;
+    assert_eq!(status(&answer), "200", "{answer}");
+    let rec = p.standin.requests().into_iter().last().expect("recorded");
+    assert_eq!(rec.header("x-forwarded-for"), Some("10.1.2.3"));
+    assert_eq!(rec.header("x-real-ip"), Some("10.1.2.3"));
+}
+
 #[tokio::test]
 async fn a_v2_source_is_the_client_address_and_local_keeps_the_peer() {
     let p = start(behind_proxy).await;

@@ -68,15 +68,23 @@ pub(super) async fn dispatch(
     flags: Arc<ConnFlags>,
     req: Request<Incoming>,
     https: bool,
+    proxied: bool,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     let gen = app.generation();
     let config = &gen.config;
     let trusted = &config.server.trusted_proxies;
+    // `peer` is the PROXY header's source when `proxied`: the client itself, never a proxy
+    // whose forwarding headers would be believed.
+    let peer_trusted = !proxied && headers::is_trusted(peer.ip(), trusted);
     let ctx = RequestCtx {
         peer,
-        client_ip: headers::client_ip(peer.ip(), req.headers(), trusted),
-        peer_trusted: headers::is_trusted(peer.ip(), trusted),
+        client_ip: if proxied {
+            headers::canonical_ip(peer.ip())
+        } else {
+            headers::client_ip(peer.ip(), req.headers(), trusted)
+        },
+        peer_trusted,
         request_id: headers::request_id(req.headers()),
         https,
     };

@@ -291,6 +291,7 @@ async fn serve(listener: TcpListener, app: Arc<AppState>, shutdown: Cancellation
                 r = front::open(stream, peer, &door, deadline, &conn_app.metrics) => r,
                 _ = shutdown.cancelled() => return,
             };
+            let accepted_from = peer;
             let (io, peer) = match opened {
                 Ok(x) => x,
                 Err(why) => {
@@ -300,6 +301,9 @@ async fn serve(listener: TcpListener, app: Arc<AppState>, shutdown: Cancellation
                 }
             };
             let https = io.is_tls();
+            // A PROXY header named another source: that is the client, for everything (its own
+            // forwarding headers are not believed, however trusted its address looks).
+            let proxied = peer != accepted_from;
             let io = TokioIo::new(Sniffer::new(ReadCap::new(io), flags.clone()));
             let svc_flags = flags.clone();
             let svc_slot = slot.clone();
@@ -312,7 +316,7 @@ async fn serve(listener: TcpListener, app: Arc<AppState>, shutdown: Cancellation
                 let app = conn_app.clone();
                 let flags = svc_flags.clone();
                 async move {
-                    let resp = dispatch::dispatch(app, peer, flags, req, https).await;
+                    let resp = dispatch::dispatch(app, peer, flags, req, https, proxied).await;
                     Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
                 }
             });
