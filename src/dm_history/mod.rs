@@ -371,14 +371,7 @@ impl DmHistory {
     ) -> Result<(), ApiError> {
         policy::check_in_order(self.config.policy.error_style, |check| async move {
             match check {
-                Check::Permission => {
-                    let roles = self
-                        .roles
-                        .get(&self.upstream, cred, ctx)
-                        .await
-                        .map_err(|e| e.report(&self.metrics, ctx, "permission lookup"))?;
-                    Ok(policy::has_permission(identity, &roles))
-                }
+                Check::Permission => self.holds_permission(identity, cred, ctx).await,
                 Check::Setting => self
                     .setting
                     .enabled(&self.upstream, ctx)

@@ -88,34 +88,7 @@ impl RedisLimiter {
         key: &str,
         budget: Budget,
     ) -> Result<Decision, RedisFailure> {
-        let started = Instant::now();
-        self.metrics
-            .counters()
-            .ratelimit_redis_calls
-            .fetch_add(1, Relaxed);
-        let result = tokio::time::timeout(self.timeout, self.call(which, key, budget)).await;
-        self.metrics.observe_redis(started.elapsed());
-        let result = match result {
-            Ok(r) => r,
-            Err(_) => Err(RedisFailure::Timeout(self.timeout)),
-        };
-        match &result {
-            Ok(_) => {
-                if self.outage.swap(false, Relaxed) {
-                    tracing::warn!("Redis answers again: rate limits are shared again");
-                }
-            }
-            Err(e) => {
-                self.metrics
-                    .counters()
-                    .ratelimit_redis_errors
-                    .fetch_add(1, Relaxed);
-                if !self.outage.swap(true, Relaxed) {
-                    tracing::error!(error = %e, "Redis rate limiter unavailable; applying rate_limit.redis.on_failure until it returns");
-                }
-            }
-        }
-        result
+        self.observed(self.call(which, key, budget)).await
     }
 
     /// `max_rooms_per_actor` (9.4) in Redis: admits a read of `room` by `actor` into the
@@ -127,11 +100,6 @@ impl RedisLimiter {
         limit: &crate::config::RoomsWindow,
         admit: bool,
     ) -> Result<(bool, bool, Duration), RedisFailure> {
-        let started = Instant::now();
-        self.metrics
-            .counters()
-            .ratelimit_redis_calls
-            .fetch_add(1, Relaxed);
         let call = async {
             let mut conn = self.connection().await?;
             let (allowed, new, wait_ms): (i64, i64, i64) = self
@@ -150,6 +118,20 @@ impl RedisLimiter {
                 Duration::from_millis(wait_ms.max(0) as u64),
             ))
         };
+        self.observed(call).await
+    }
+
+    /// One Redis call, counted, bounded by `timeout` (a slow answer is a failure), its latency
+    /// observed, and the outage state logged once when it starts and once when it ends.
+    async fn observed<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, RedisFailure>>,
+    ) -> Result<T, RedisFailure> {
+        let started = Instant::now();
+        self.metrics
+            .counters()
+            .ratelimit_redis_calls
+            .fetch_add(1, Relaxed);
         let result = match tokio::time::timeout(self.timeout, call).await {
             Ok(r) => r,
             Err(_) => Err(RedisFailure::Timeout(self.timeout)),
