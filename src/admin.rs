@@ -128,6 +128,8 @@ async fn answer(app: &AppState, req: Request<Incoming>) -> Response<ProxyBody> {
             if let Some(trail) = &app.audit {
                 trail.stats().render(&mut body);
             }
+            #[cfg(feature = "count-allocations")]
+            render_allocations(&mut body);
             text(
                 StatusCode::OK,
                 body,
@@ -136,6 +138,19 @@ async fn answer(app: &AppState, req: Request<Incoming>) -> Response<ProxyBody> {
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n", "text/plain"),
     }
+}
+
+/// The bench build's allocation counter (feature `count-allocations`, see `countalloc`).
+#[cfg(feature = "count-allocations")]
+fn render_allocations(body: &mut String) {
+    use std::fmt::Write;
+    let _ = write!(
+        body,
+        "# HELP rcshim_allocations_total Allocation calls since start (bench builds only).\n\
+         # TYPE rcshim_allocations_total counter\n\
+         rcshim_allocations_total {}\n",
+        countalloc::allocations()
+    );
 }
 
 fn upstream_fresh(app: &AppState) -> bool {

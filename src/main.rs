@@ -4,6 +4,11 @@
 
 mod online_check;
 
+// A bench build counts its allocations (see the `countalloc` crate and bench/README.md).
+#[cfg(feature = "count-allocations")]
+#[global_allocator]
+static ALLOCATOR: countalloc::Counting = countalloc::Counting;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
