@@ -50,8 +50,10 @@ pub async fn serve(listener: TcpListener, app: Arc<AppState>) {
         .timer(TokioTimer::new())
         .header_read_timeout(head_timeout);
     let limit = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
-    // The admin listener outlives a drain: nothing cancels this.
+    // The admin listener outlives a drain: nothing cancels this, nothing sets that.
     let never = CancellationToken::new();
+    static NEVER_DRAINING: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
     let mut backoff = AcceptBackoff::new("admin");
     loop {
         let Ok(permit) = limit.clone().acquire_owned().await else {
@@ -80,7 +82,7 @@ pub async fn serve(listener: TcpListener, app: Arc<AppState>) {
         let conn = builder.serve_connection(io, svc).into_owned();
         let never = never.clone();
         tokio::spawn(async move {
-            drive(conn, &flags, &never, peer).await;
+            drive(conn, &flags, &never, &NEVER_DRAINING, peer, None).await;
             drop(permit);
         });
     }

@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
+use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
@@ -155,8 +156,21 @@ pub fn set_forwarding(
     host: Option<&HeaderValue>,
     https: bool,
 ) {
-    let peer = canonical_ip(peer);
-    let peer_s = ip_value(peer);
+    let peer_s = ip_value(canonical_ip(peer));
+    let client_s = ip_value(client);
+    set_forwarding_values(headers, &peer_s, &client_s, peer_trusted, host, https);
+}
+
+/// [`set_forwarding`] with the peer's and the client's addresses already made header values
+/// ([`ip_value`]): a connection makes its peer's once, not once per request.
+pub fn set_forwarding_values(
+    headers: &mut HeaderMap,
+    peer_s: &HeaderValue,
+    client_s: &HeaderValue,
+    peer_trusted: bool,
+    host: Option<&HeaderValue>,
+    https: bool,
+) {
     if peer_trusted && headers.contains_key(&X_FORWARDED_FOR) {
         let mut joined = String::new();
         for v in headers.get_all(&X_FORWARDED_FOR).iter() {
@@ -178,9 +192,9 @@ pub fn set_forwarding(
             }
         }
     } else {
-        headers.insert(&X_FORWARDED_FOR, peer_s);
+        headers.insert(&X_FORWARDED_FOR, peer_s.clone());
     }
-    headers.insert(&X_REAL_IP, ip_value(client));
+    headers.insert(&X_REAL_IP, client_s.clone());
     if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
         let proto = if https { "https" } else { "http" };
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -197,9 +211,18 @@ pub fn set_forwarding(
     }
 }
 
-fn ip_value(ip: IpAddr) -> HeaderValue {
+/// An address as a header value (one allocation: formatted on the stack).
+pub fn ip_value(ip: IpAddr) -> HeaderValue {
+    use std::io::Write;
+    // The longest IPv6 text form is 45 bytes.
+    let mut buf = [0u8; 64];
+    let mut cur = std::io::Cursor::new(&mut buf[..]);
+    let n = match write!(cur, "{ip}") {
+        Ok(()) => cur.position() as usize,
+        Err(_) => 0,
+    };
     // An IP address is always a valid header value.
-    HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("0.0.0.0"))
+    HeaderValue::from_bytes(&buf[..n]).unwrap_or(HeaderValue::from_static("0.0.0.0"))
 }
 
 /// The request id: the client's `X-Request-Id` when it is 1 to 128 visible ASCII characters,
@@ -223,7 +246,7 @@ fn new_request_id() -> HeaderValue {
     a.write_u64(n);
     let mut b = state.build_hasher();
     b.write_u64(!n);
-    // Hex on the stack: one allocation (the header value's own), no formatter.
+    // Hex on the stack, no formatter.
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut buf = [0u8; 32];
     for (half, v) in [a.finish(), b.finish()].into_iter().enumerate() {
@@ -231,7 +254,23 @@ fn new_request_id() -> HeaderValue {
             buf[half * 16 + i] = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
         }
     }
-    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
+    ID_CHUNK.with(|chunk| {
+        let mut chunk = chunk.borrow_mut();
+        if chunk.capacity() < buf.len() {
+            *chunk = BytesMut::with_capacity(ID_CHUNK_BYTES);
+        }
+        chunk.extend_from_slice(&buf);
+        HeaderValue::from_maybe_shared(chunk.split().freeze())
+            .unwrap_or(HeaderValue::from_static("0"))
+    })
+}
+
+/// Request ids are cut from a per-thread block of this size (128 ids): one allocation per
+/// block, not one per request (the block lives while any id cut from it does).
+const ID_CHUNK_BYTES: usize = 4096;
+
+thread_local! {
+    static ID_CHUNK: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
 }
 
 #[cfg(test)]

@@ -16,6 +16,10 @@ pub struct RequestCtx {
     pub request_id: HeaderValue,
     /// The client connection came through TLS (`X-Forwarded-Proto: https`).
     pub https: bool,
+    /// `peer`'s address as a header value (made once per connection).
+    pub peer_value: HeaderValue,
+    /// `client_ip` as a header value (the peer's own when they are the same).
+    pub client_value: HeaderValue,
 }
 
 /// Facts for the access log that only the endpoint pipeline knows, carried in the response's

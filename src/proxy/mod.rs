@@ -19,13 +19,16 @@ use crate::headers;
 use crate::metrics::Metrics;
 use crate::request::RequestCtx;
 use crate::respond;
-use crate::upstream::{failure, request, Upstream};
+use crate::upstream::request::Target;
+use crate::upstream::{failure, request, LocalUpstream, Upstream};
 
 /// What forwarding needs from the process: the upstream, where tunnels are tracked (so a
-/// drain can wait for them), and the metrics.
+/// drain can wait for them), and the metrics; and from the client connection, the upstream
+/// connection it keeps (HTTP/1.x clients), used for everything but upgrades.
 #[derive(Clone, Copy)]
 pub struct Forwarder<'a> {
     pub upstream: &'a Upstream,
+    pub local: Option<&'a LocalUpstream>,
     pub tunnels: &'a TaskTracker,
     pub metrics: &'a Metrics,
 }
@@ -52,7 +55,18 @@ impl Forwarder<'_> {
             .as_ref()
             .and_then(|_| parts.headers.get(header::SEC_WEBSOCKET_KEY).cloned());
         let client_version = parts.version;
-        if let Err(e) = request::pass_through(self.upstream, &mut parts, upgrade.as_ref(), ctx) {
+        // Upgrades go through the pool: the tunnel outlives the request and its connection.
+        let local = self
+            .local
+            .filter(|_| upgrade.is_none() && client_version < Version::HTTP_2);
+        let target = if local.is_some() {
+            Target::Origin
+        } else {
+            Target::Absolute
+        };
+        if let Err(e) =
+            request::pass_through(self.upstream, &mut parts, upgrade.as_ref(), ctx, target)
+        {
             return respond::error(&match e {
                 crate::upstream::UpstreamError::Request(_) => {
                     ApiError::bad_request("The request target is not a path")
@@ -61,7 +75,11 @@ impl Forwarder<'_> {
             });
         }
         let out = Request::from_parts(parts, ProxyBody::stream(body));
-        let mut resp = match self.upstream.send(out).await {
+        let sent = match local {
+            Some(local) => local.send(self.upstream, out).await,
+            None => self.upstream.send(out).await,
+        };
+        let mut resp = match sent {
             Ok(r) => r,
             Err(e) => {
                 return respond::error(&failure::report(self.metrics, ctx, "upstream request", &e))

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header;
+use http::header::{self, HeaderValue};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
@@ -27,6 +27,7 @@ use crate::request::{AccessLogFacts, RequestCtx};
 use crate::respond;
 use crate::route::{self, Route};
 use crate::state::AppState;
+use crate::upstream::LocalUpstream;
 
 /// Refuses heads the upstream must never see: a `Content-Length` with a `Transfer-Encoding`
 /// (request smuggling), more than one `Host`, and heads over `max_header_bytes`.
@@ -62,14 +63,33 @@ fn check_head<B>(req: &Request<B>, flags: &ConnFlags, config: &Config) -> Option
     None
 }
 
+/// What the dispatcher knows of the client connection a request came on.
+pub(super) struct ConnInfo {
+    pub(super) peer: SocketAddr,
+    pub(super) flags: Arc<ConnFlags>,
+    /// It came through the shim's own TLS.
+    pub(super) https: bool,
+    /// A PROXY header named its source (`peer` is that source).
+    pub(super) proxied: bool,
+    /// The upstream connection it keeps for pass-through requests (HTTP/1.x).
+    pub(super) local: Arc<LocalUpstream>,
+    /// `peer`'s (canonical) address as a header value.
+    pub(super) peer_value: HeaderValue,
+}
+
 pub(super) async fn dispatch(
     app: Arc<AppState>,
-    peer: SocketAddr,
-    flags: Arc<ConnFlags>,
+    conn: &ConnInfo,
     req: Request<Incoming>,
-    https: bool,
-    proxied: bool,
 ) -> Response<ProxyBody> {
+    let ConnInfo {
+        peer,
+        ref flags,
+        https,
+        proxied,
+        ref local,
+        ref peer_value,
+    } = *conn;
     let start = Instant::now();
     let gen = app.generation();
     let config = &gen.config;
@@ -77,26 +97,35 @@ pub(super) async fn dispatch(
     // `peer` is the PROXY header's source when `proxied`: the client itself, never a proxy
     // whose forwarding headers would be believed.
     let peer_trusted = !proxied && headers::is_trusted(peer.ip(), trusted);
+    let client_ip = if proxied {
+        headers::canonical_ip(peer.ip())
+    } else {
+        headers::client_ip(peer.ip(), req.headers(), trusted)
+    };
+    let client_value = if client_ip == headers::canonical_ip(peer.ip()) {
+        peer_value.clone()
+    } else {
+        headers::ip_value(client_ip)
+    };
     let ctx = RequestCtx {
         peer,
-        client_ip: if proxied {
-            headers::canonical_ip(peer.ip())
-        } else {
-            headers::client_ip(peer.ip(), req.headers(), trusted)
-        },
+        client_ip,
         peer_trusted,
         request_id: headers::request_id(req.headers()),
         https,
+        peer_value: peer_value.clone(),
+        client_value,
     };
     // The access log's copies of the method and path, only when that log is on (a hot path).
     let logged = access_log::enabled().then(|| (req.method().clone(), req.uri().path().to_owned()));
 
     let forwarder = Forwarder {
         upstream: &gen.upstream,
+        local: Some(local),
         tunnels: &app.tunnels,
         metrics: &app.metrics,
     };
-    let (class, mut resp) = if let Some(err) = check_head(&req, &flags, config) {
+    let (class, mut resp) = if let Some(err) = check_head(&req, flags, config) {
         (RouteClass::Passthrough, respond::error(&err))
     } else {
         match route::classify(

@@ -33,7 +33,7 @@ use crate::dm_history::DmHistory;
 use crate::metrics::Metrics;
 use crate::read_cap::ReadCap;
 use crate::state::{AppState, Generation};
-use crate::upstream::Upstream;
+use crate::upstream::{self, Upstream};
 
 /// Why the shim could not start.
 #[derive(Debug, thiserror::Error)]
@@ -211,8 +211,10 @@ fn builder(config: &Config) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     let max_head = config.server.max_header_bytes as usize;
     b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.server.header_read_timeout)
+        // The head deadline is the connection clock's (`connection/clock.rs`), which is
+        // stricter (it runs from the end of the previous response, not from the first byte of
+        // the next head); hyper's own would arm (and allocate) one more timer per request.
+        .header_read_timeout(None)
         .keep_alive(true)
         // Heads above max_header_bytes get the shim's own JSON 431 (see `check_head`); hyper's
         // buffer is larger so that it only cuts grossly oversized heads itself (bare 431).
@@ -305,23 +307,32 @@ async fn serve(listener: TcpListener, app: Arc<AppState>, shutdown: Cancellation
             // forwarding headers are not believed, however trusted its address looks).
             let proxied = peer != accepted_from;
             let io = TokioIo::new(Sniffer::new(ReadCap::new(io), flags.clone()));
-            let svc_flags = flags.clone();
+            let info = Arc::new(dispatch::ConnInfo {
+                peer,
+                flags: flags.clone(),
+                https,
+                proxied,
+                local: upstream::local::for_connection(),
+                peer_value: crate::headers::ip_value(crate::headers::canonical_ip(peer.ip())),
+            });
+            let local = info.local.clone();
+            let drive_app = conn_app.clone();
             let svc_slot = slot.clone();
             let svc = service_fn(move |mut req: Request<Incoming>| {
                 // The head is here: the connection is busy until the response body is dropped.
-                let in_flight = svc_flags.clock.request_started();
+                let in_flight = info.flags.clock.request_started();
                 if req.headers().contains_key(header::UPGRADE) {
                     req.extensions_mut().insert(svc_slot.clone());
                 }
                 let app = conn_app.clone();
-                let flags = svc_flags.clone();
+                let info = info.clone();
                 async move {
-                    let resp = dispatch::dispatch(app, peer, flags, req, https, proxied).await;
+                    let resp = dispatch::dispatch(app, &info, req).await;
                     Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
                 }
             });
             let conn = builder.serve_connection_with_upgrades(io, svc);
-            drive(conn, &flags, &shutdown, peer).await;
+            drive(conn, &flags, &shutdown, &drive_app.draining, peer, Some(&*local)).await;
             drop(slot);
         });
     }

@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::{capture_connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::Semaphore;
+use tower_service::Service;
 
-use super::connector::{AbortUnanswered, Busy, CappedConnector};
+use super::connector::{abort_handle, Abort, AbortUnanswered, Busy, Capped, CappedConnector};
 use super::UpstreamError;
 use crate::body::{ClientBodyError, ProxyBody};
 use crate::config::UpstreamConfig;
@@ -25,6 +26,12 @@ use crate::config::UpstreamConfig;
 #[derive(Clone)]
 pub struct Upstream {
     client: Client<HttpsConnector<CappedConnector>, ProxyBody>,
+    /// The pool's connector, for the connections client connections keep (`local.rs`).
+    connector: HttpsConnector<CappedConnector>,
+    /// Which `Upstream` this is: a connection made for one is never used for another (a
+    /// reload that changes the upstream makes a new one).
+    id: u64,
+    pool_idle_timeout: Duration,
     /// `upstream.max_connections`, for the 503's log line.
     max_connections: u64,
     /// Its permits, one per open upstream connection (shared by the connector).
@@ -76,6 +83,7 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(connector);
+        static IDS: AtomicU64 = AtomicU64::new(1);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(cfg.pool_idle_timeout)
             .pool_timer(TokioTimer::new())
@@ -83,7 +91,7 @@ impl Upstream {
             .pool_max_idle_per_host(1024)
             .retry_canceled_requests(true)
             .set_host(false)
-            .build(connector);
+            .build(connector.clone());
         let authority = cfg
             .url
             .authority
@@ -95,6 +103,9 @@ impl Upstream {
         };
         Ok(Upstream {
             client,
+            connector,
+            id: IDS.fetch_add(1, Ordering::Relaxed),
+            pool_idle_timeout: cfg.pool_idle_timeout,
             max_connections,
             permits,
             scheme,
@@ -148,17 +159,95 @@ impl Upstream {
             Err(_) => Err(UpstreamError::Timeout(self.response_timeout)),
             Ok(Ok(resp)) => {
                 guard.0 = None;
-                let ms = epoch().elapsed().as_millis() as u64;
-                self.last_answer_ms.store(ms.max(1), Ordering::Relaxed);
+                self.answered();
                 Ok(resp)
             }
-            Ok(Err(e)) if caused_by::<Busy>(&e) => Err(UpstreamError::Busy(self.max_connections)),
-            Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
-            Ok(Err(e)) if caused_by_client_body(&e) => {
-                Err(UpstreamError::ClientBody(error_chain(&e)))
-            }
-            Ok(Err(e)) => Err(UpstreamError::Protocol(error_chain(&e))),
+            Ok(Err(e)) if e.is_connect() || caused_by::<Busy>(&e) => Err(self.connect_failed(&e)),
+            Ok(Err(e)) => Err(exchange_failed(&e)),
         }
+    }
+
+    /// Notes that the upstream just sent a response head (the `/readyz` heartbeat).
+    pub(super) fn answered(&self) {
+        let ms = epoch().elapsed().as_millis() as u64;
+        self.last_answer_ms.store(ms.max(1), Ordering::Relaxed);
+    }
+
+    /// Which upstream this is (see the field).
+    pub(super) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether a client connection may open an upstream connection of its own: only while
+    /// more than half of `upstream.max_connections` is free. Past that, its requests share the
+    /// pool, so that idle client connections can never starve the pool's users (HTTP/2
+    /// clients, upgrades, the shim's own lookups) of connections.
+    pub(super) fn room_for_own(&self) -> bool {
+        self.permits.available_permits() as u64 > self.max_connections / 2
+    }
+
+    /// `upstream.response_timeout`.
+    pub(super) fn response_timeout(&self) -> Duration {
+        self.response_timeout
+    }
+
+    /// `upstream.pool_idle_timeout`.
+    pub(super) fn pool_idle_timeout(&self) -> Duration {
+        self.pool_idle_timeout
+    }
+
+    /// Opens a new HTTP/1.1 connection outside the pool (same connector: the cap, TLS,
+    /// `TCP_NODELAY`, the abort), for a client connection to keep (`local.rs`). Its
+    /// `Connection` must be polled by the caller.
+    pub(super) async fn connect_own(&self) -> Result<OwnConnection, UpstreamError> {
+        let target = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| UpstreamError::Request(e.to_string()))?;
+        let mut connector = self.connector.clone();
+        let io = connector
+            .call(target)
+            .await
+            .map_err(|e| self.connect_failed(&*e))?;
+        let abort = abort_handle(&io);
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
+        Ok(OwnConnection {
+            sender,
+            conn,
+            abort,
+        })
+    }
+
+    /// A connect that failed: all connections busy (503), or refused/unreachable/timed out.
+    fn connect_failed(&self, e: &(dyn std::error::Error + 'static)) -> UpstreamError {
+        if caused_by::<Busy>(e) {
+            UpstreamError::Busy(self.max_connections)
+        } else {
+            UpstreamError::Connect(error_chain(e))
+        }
+    }
+}
+
+/// An upstream HTTP/1.1 connection opened by [`Upstream::connect_own`].
+pub(super) struct OwnConnection {
+    pub(super) sender: hyper::client::conn::http1::SendRequest<ProxyBody>,
+    pub(super) conn: hyper::client::conn::http1::Connection<MaybeHttpsStream<Capped>, ProxyBody>,
+    /// Closes the connection from outside (see `connector.rs`).
+    pub(super) abort: Option<Abort>,
+}
+
+/// An exchange that failed after the connection was there: the client's body failed (a 400),
+/// or the upstream broke it.
+pub(super) fn exchange_failed(e: &(dyn std::error::Error + 'static)) -> UpstreamError {
+    if caused_by_client_body(e) {
+        UpstreamError::ClientBody(error_chain(e))
+    } else {
+        UpstreamError::Protocol(error_chain(e))
     }
 }
 

@@ -9,21 +9,21 @@
 
 use crate::read_cap::ReadCap;
 use futures_util::future::BoxFuture;
+use futures_util::task::AtomicWaker;
 use http::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{
     CaptureConnection, Connected, Connection, HttpConnector,
 };
 use hyper_util::rt::TokioIo;
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// The connector's error when every permit stayed taken for `connect_timeout`.
 #[derive(Debug, thiserror::Error)]
@@ -44,16 +44,44 @@ impl Drop for AbortUnanswered {
             connected.poison();
             let mut ext = http::Extensions::new();
             connected.get_extras(&mut ext);
-            if let Some(abort) = ext.get::<AbortHandle>() {
-                abort.0.cancel();
+            if let Some(abort) = ext.get::<Abort>() {
+                abort.abort();
             }
         }
     }
 }
 
-/// Closes one upstream connection from outside its task (see [`Capped`]).
-#[derive(Clone)]
-struct AbortHandle(CancellationToken);
+/// Closes one upstream connection from outside its task (see [`Capped`]): a flag its I/O
+/// reads (one atomic load per read or write, nothing more on the hot path) and the waker of
+/// the task blocked on it, registered only when its I/O is about to wait.
+#[derive(Clone, Default)]
+pub(super) struct Abort(Arc<AbortState>);
+
+#[derive(Default)]
+struct AbortState {
+    aborted: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Abort {
+    /// Aborts the connection: its next read or write fails, and the task blocked on it wakes.
+    pub(super) fn abort(&self) {
+        self.0.aborted.store(true, Ordering::Release);
+        self.0.waker.wake();
+    }
+
+    fn is_aborted(&self) -> bool {
+        self.0.aborted.load(Ordering::Acquire)
+    }
+}
+
+/// The handle that aborts the connection `io` (see [`Capped`]), for a connection held outside
+/// the pool.
+pub(super) fn abort_handle(io: &impl Connection) -> Option<Abort> {
+    let mut ext = http::Extensions::new();
+    io.connected().get_extras(&mut ext);
+    ext.get::<Abort>().cloned()
+}
 
 /// Wraps the TCP connector (under TLS, so the cap and the abort hold for `https` too): each
 /// connection first takes a permit of the process-wide cap, waiting at most `wait`
@@ -101,18 +129,16 @@ impl tower_service::Service<Uri> for CappedConnector {
                 .await
                 .map_err(|e| Box::new(e) as Self::Error)?;
             let io = TokioIo::new(ReadCap::new(io.into_inner()));
-            let abort = CancellationToken::new();
             Ok(Capped {
                 io,
                 _permit: permit,
-                aborted: Box::pin(abort.clone().cancelled_owned()),
-                abort,
+                abort: Abort::default(),
             })
         })
     }
 }
 
-/// An upstream connection holding its permit, which an [`AbortHandle`] can close: once
+/// An upstream connection holding its permit, which an [`Abort`] can close: once
 /// aborted, every read and write fails, so hyper's connection task ends (even one blocked on a
 /// write toward an upstream that does not read, since the abort wakes it) and drops it. The
 /// socket is closed with a reset (zero linger): a plain close would queue the FIN behind the
@@ -125,23 +151,41 @@ impl tower_service::Service<Uri> for CappedConnector {
 pub struct Capped {
     io: TokioIo<ReadCap<TcpStream>>,
     _permit: OwnedSemaphorePermit,
-    abort: CancellationToken,
-    aborted: Pin<Box<WaitForCancellationFutureOwned>>,
+    abort: Abort,
+}
+
+impl Drop for Capped {
+    /// An aborted connection dropped before its I/O noticed (a client connection that went
+    /// away drops the upstream connection it kept, unpolled) still closes with a reset, for
+    /// the reason given on [`Capped`].
+    fn drop(&mut self) {
+        if self.abort.is_aborted() {
+            let _ = self.io.inner().get_ref().set_zero_linger();
+        }
+    }
 }
 
 impl Capped {
-    /// `Err` once aborted (the task's waker is registered for the abort either way).
-    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        match self.aborted.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                let _ = self.io.inner().get_ref().set_zero_linger();
-                Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "the request on this upstream connection was abandoned",
-                ))
-            }
-            Poll::Pending => Ok(()),
+    /// `Err` once aborted.
+    fn check(&self) -> io::Result<()> {
+        if self.abort.is_aborted() {
+            let _ = self.io.inner().get_ref().set_zero_linger();
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the request on this upstream connection was abandoned",
+            ));
         }
+        Ok(())
+    }
+
+    /// After an I/O call: when it is to wait, the abort must be able to wake the task, so its
+    /// waker is registered (then the flag is read again, for an abort that came in between).
+    fn after<T>(&self, cx: &Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if r.is_pending() {
+            self.abort.0.waker.register(cx.waker());
+            self.check()?;
+        }
+        r
     }
 }
 
@@ -152,8 +196,9 @@ impl Read for Capped {
         buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        this.check(cx)?;
-        Pin::new(&mut this.io).poll_read(cx, buf)
+        this.check()?;
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        this.after(cx, r)
     }
 }
 
@@ -164,8 +209,9 @@ impl Write for Capped {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        this.check(cx)?;
-        Pin::new(&mut this.io).poll_write(cx, buf)
+        this.check()?;
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.after(cx, r)
     }
 
     fn poll_write_vectored(
@@ -174,8 +220,9 @@ impl Write for Capped {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        this.check(cx)?;
-        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
+        this.check()?;
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.after(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -184,8 +231,9 @@ impl Write for Capped {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        this.check(cx)?;
-        Pin::new(&mut this.io).poll_flush(cx)
+        this.check()?;
+        let r = Pin::new(&mut this.io).poll_flush(cx);
+        this.after(cx, r)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -199,6 +247,6 @@ impl Connection for Capped {
             .inner()
             .get_ref()
             .connected()
-            .extra(AbortHandle(self.abort.clone()))
+            .extra(self.abort.clone())
     }
 }

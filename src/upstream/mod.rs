@@ -1,5 +1,7 @@
 //! The upstream road: everything the shim sends to Rocket.Chat goes through here. One pooled
-//! client with a process-wide connection cap (`client.rs`, `connector.rs`); one place that
+//! client with a process-wide connection cap (`client.rs`, `connector.rs`); the connection
+//! each HTTP/1.x client connection keeps for its pass-through requests, driven in its own
+//! task (`local.rs`); one place that
 //! builds upstream requests, with explicit forwarding rules for client traffic and for the
 //! shim's own lookups (`request.rs`); one place that turns a failure into its answer, its log
 //! line and its count (`failure.rs`).
@@ -7,11 +9,13 @@
 mod client;
 mod connector;
 pub mod failure;
+pub mod local;
 pub mod request;
 
 use std::time::Duration;
 
 pub use client::Upstream;
+pub use local::LocalUpstream;
 
 /// Why the upstream gave no usable answer head.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -22,13 +22,16 @@ use crate::headers;
 use crate::request::RequestCtx;
 
 /// Edits a client's request head for the upstream (see the module comment). `upgrade` is the
-/// protocol the client asked to switch to, if any. Refuses targets that are not a path
-/// (`*`, CONNECT's authority form).
+/// protocol the client asked to switch to, if any. `target` is the form the request goes out
+/// with: absolute for the pool, origin form (the path and query alone, the client's own `Uri`
+/// kept when it already is one) for a connection of the client connection's own. Refuses
+/// targets that are not a path (`*`, CONNECT's authority form).
 pub fn pass_through(
     upstream: &Upstream,
     parts: &mut Parts,
     upgrade: Option<&HeaderValue>,
     ctx: &RequestCtx,
+    target: Target,
 ) -> Result<(), UpstreamError> {
     let path_and_query = parts
         .uri
@@ -42,7 +45,18 @@ pub fn pass_through(
             "the request target is not a path".into(),
         ));
     }
-    let uri = upstream.uri(path_and_query)?;
+    let uri = match target {
+        Target::Absolute => Some(upstream.uri(path_and_query)?),
+        Target::Origin if parts.uri.scheme().is_none() => None,
+        Target::Origin => Some(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .map(http::Uri::from)
+                .unwrap_or_else(|| http::Uri::from_static("/")),
+        ),
+    };
     let host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
             .uri
@@ -56,10 +70,10 @@ pub fn pass_through(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, proto.clone());
     }
-    headers::set_forwarding(
+    headers::set_forwarding_values(
         &mut parts.headers,
-        ctx.peer.ip(),
-        ctx.client_ip,
+        &ctx.peer_value,
+        &ctx.client_value,
         ctx.peer_trusted,
         host.as_ref(),
         ctx.https,
@@ -68,9 +82,20 @@ pub fn pass_through(
     parts
         .headers
         .insert(&headers::X_REQUEST_ID, ctx.request_id.clone());
-    parts.uri = uri;
+    if let Some(uri) = uri {
+        parts.uri = uri;
+    }
     parts.version = Version::HTTP_11;
     Ok(())
+}
+
+/// The request-target form a forwarded request goes out with (see [`pass_through`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// `http://upstream/path?query`: what the pooled client takes.
+    Absolute,
+    /// `/path?query`: written as it is on a connection of the shim's own.
+    Origin,
 }
 
 /// A request of the shim's own: `GET {target}` (a path and query under the upstream, the
@@ -86,10 +111,10 @@ pub fn own(
 ) -> Result<Request<ProxyBody>, UpstreamError> {
     // A fresh head holds no forwarding headers of the client's, so nothing is "kept from a
     // trusted peer": the rule reduces to the peer and the client address.
-    headers::set_forwarding(
+    headers::set_forwarding_values(
         &mut head,
-        ctx.peer.ip(),
-        ctx.client_ip,
+        &ctx.peer_value,
+        &ctx.client_value,
         false,
         host.as_ref(),
         ctx.https,
