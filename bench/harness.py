@@ -192,7 +192,7 @@ http {{
 {ip_zone}  limit_req_zone $http_x_user_id zone=rc_rl:10m rate={rate};
   limit_req_log_level info;                         # bench: no error-log line per 429 (the shim logs none)
   server {{
-    listen 127.0.0.1:{port}{backlog};
+    listen 127.0.0.1:{port}{backlog};{backlog_note}
     listen 127.0.0.1:{h2port} http2;                # bench: h2c with prior knowledge (nginx < 1.25)
 {tls}    proxy_http_version 1.1;
     proxy_set_header Connection $connection_upgrade;
@@ -304,7 +304,8 @@ class Bench:
             tls=tls_conf,
             ip_zone=ip_zone,
             ip_limit=ip_lim,
-            backlog=f" backlog={backlog};                  # bench: scenario 11" if backlog else "",
+            backlog=f" backlog={backlog}" if backlog else "",
+            backlog_note="                  # bench: scenario 11, tokio's accept queue" if backlog else "",
             user="user root;                                  # bench: run as root in a temp dir\n"
             if os.geteuid() == 0
             else "",
@@ -1227,6 +1228,8 @@ def targets(b):
         if s1:
             n11, n1 = get("11", "nginx", "rate"), get("1", "nginx", "rate")
             ng = f"; nginx {n11 / n1:.2f}x" if n11 and n1 else ""
+            dp = get("11", "direct", "p99")
+            ng += f"; direct p99 {fmt_ms(dp)} (what CPU 1 allows)" if dp is not None else ""
             out.append(f"1,000 connections: shim {s11 / s1:.2f}x its 32-connection rate (>= 0.90), p99 "
                        f"{fmt_ms(p99)} (< 10 ms): {verdict(s11 >= 0.9 * s1 and p99 < 10)}{ng}")
         else:
