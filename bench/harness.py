@@ -10,6 +10,13 @@ measured run voids the whole run: no table is printed and the exit status is 1.
 
 The stand-in upstream records every request in memory, so it is restarted before every
 measurement: each contender meets the same, empty upstream.
+
+Beyond the guide's scenarios 1 to 8: 9 (TLS), 10 (the audit trail), 11 (1,000 keep-alive
+connections), the layer-4 floor in scenario 1 (`l4-tokio`, `l4-nginx`: relays with no HTTP,
+whose CPU per request is the floor the proxies' is compared with), and "a", allocations per
+request from a shim built with the `count-allocations` feature (`--alloc-shim`). The targets
+list at the end is issue 15's. bench/README.md describes each; bench/test_harness.py tests the
+bookkeeping.
 """
 
 import argparse
@@ -662,6 +669,11 @@ def s1_passthrough(b):
 
 def s11_many_connections(b):
     print("\n== 11 1,000 keep-alive connections, pass-through GET 1 KB (wrk -t1 -c1000)", flush=True)
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < 1100:
+        # wrk needs a descriptor per connection (main() raised the soft limit to the hard one).
+        raise RuntimeError(f"scenario 11 needs RLIMIT_NOFILE >= 1100 for wrk -c1000; it is {soft} "
+                           "(raise it with ulimit -n)")
     b.standin.restart()
     # 1,000 clients and up to as many upstream connections: within worker_connections 4096 and
     # the shim's max_connections 20000. The accept queue is tokio's default (the shim's and the
