@@ -10,6 +10,13 @@ measured run voids the whole run: no table is printed and the exit status is 1.
 
 The stand-in upstream records every request in memory, so it is restarted before every
 measurement: each contender meets the same, empty upstream.
+
+Beyond the guide's scenarios 1 to 8: 9 (TLS), 10 (the audit trail), 11 (1,000 keep-alive
+connections), the layer-4 floor in scenario 1 (`l4-tokio`, `l4-nginx`: relays with no HTTP,
+whose CPU per request is the floor the proxies' is compared with), and "a", allocations per
+request from a shim built with the `count-allocations` feature (`--alloc-shim`). The targets
+list at the end is issue 15's. bench/README.md describes each; bench/test_harness.py tests the
+bookkeeping.
 """
 
 import argparse
@@ -186,13 +193,13 @@ http {{
   scgi_temp_path {dir}/scgi;                        # bench
   client_max_body_size 0;                           # bench: the 100 MB upload (default 1m)
   keepalive_requests 1000000;                       # bench: h2load -D does not reconnect after 1000
-  upstream rc {{ server 127.0.0.1:{up}; keepalive 64; }}
+  upstream rc {{ server 127.0.0.1:{up}; keepalive {keepalive}; }}{keepalive_note}
   map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
   proxy_cache_path {dir}/cache keys_zone=rc_cache:10m max_size=64m inactive=10m use_temp_path=off;
-  limit_req_zone $http_x_user_id zone=rc_rl:10m rate={rate};
+{ip_zone}  limit_req_zone $http_x_user_id zone=rc_rl:10m rate={rate};
   limit_req_log_level info;                         # bench: no error-log line per 429 (the shim logs none)
   server {{
-    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{port}{backlog};{backlog_note}
     listen 127.0.0.1:{h2port} http2;                # bench: h2c with prior knowledge (nginx < 1.25)
 {tls}    proxy_http_version 1.1;
     proxy_set_header Connection $connection_upgrade;
@@ -201,11 +208,24 @@ http {{
     location ~ ^/api/v1/(im|dm)\\.messages\\.others$ {{
       proxy_cache rc_cache; proxy_cache_key "$http_x_user_id|$args";
       proxy_cache_valid 200 5s; proxy_cache_lock on; proxy_ignore_headers Cache-Control;
-      limit_req zone=rc_rl burst={burst} nodelay; limit_req_status 429;
+{ip_limit}      limit_req zone=rc_rl burst={burst} nodelay; limit_req_status 429;
       proxy_pass http://rc;
     }}
     location / {{ proxy_pass http://rc; proxy_buffering off; proxy_request_buffering off; }}
   }}
+}}
+"""
+
+# The layer-4 floor (scenario 1's "l4-nginx"): nginx relaying bytes with no HTTP at all, one
+# upstream connection per client connection (the stream module has no keep-alive pool).
+NGINX_STREAM_CONF = """\
+{load}worker_processes 1;
+{user}pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections {wc}; }}
+stream {{
+  upstream l4 {{ server 127.0.0.1:{up}; }}
+  server {{ listen 127.0.0.1:{port}; proxy_pass l4; tcp_nodelay on; }}
 }}
 """
 
@@ -266,7 +286,11 @@ class Bench:
     # ---- instances
 
     def nginx(self, up_port, rate=NGINX_UNLIMITED_RATE, burst=NGINX_UNLIMITED_BURST, wc=4096, nofile=None,
-              tls=None):
+              tls=None, ip_limit=None, backlog=None, keepalive=64):
+        """nginx with the guide's config. `ip_limit` = (rate, burst) adds a per-IP
+        `limit_req_zone $binary_remote_addr` before the per-user one on the endpoint (scenario
+        6); `backlog` sets the main listener's accept queue and `keepalive` the idle upstream
+        connections kept (scenario 11; the guide's 64 otherwise)."""
         self.seq += 1
         d = os.path.join(self.tmp, f"nginx{self.seq}")
         os.makedirs(d)
@@ -279,8 +303,19 @@ class Bench:
                         f"    ssl_certificate {tls[0]};                       # bench\n"
                         f"    ssl_certificate_key {tls[1]};                   # bench\n"
                         "    ssl_protocols TLSv1.2 TLSv1.3;                  # bench\n")
+        ip_zone = ip_lim = ""
+        if ip_limit:
+            ip_zone = (f"  limit_req_zone $binary_remote_addr zone=rc_ip:10m rate={ip_limit[0]};"
+                       "  # bench: scenario 6, per-IP\n")
+            ip_lim = f"      limit_req zone=rc_ip burst={ip_limit[1]} nodelay;  # bench: scenario 6\n"
         conf = NGINX_CONF.format(
             tls=tls_conf,
+            ip_zone=ip_zone,
+            ip_limit=ip_lim,
+            backlog=f" backlog={backlog}" if backlog else "",
+            keepalive=keepalive,
+            keepalive_note="" if keepalive == 64 else "  # bench: scenario 11, an idle upstream connection per client",
+            backlog_note="                  # bench: scenario 11, tokio's accept queue" if backlog else "",
             user="user root;                                  # bench: run as root in a temp dir\n"
             if os.geteuid() == 0
             else "",
@@ -328,7 +363,8 @@ class Bench:
             time.sleep(0.05)
         raise RuntimeError("nginx worker not found")
 
-    def shim(self, up_port, trusted=False, tls=None, extra="", **limits):
+    def shim(self, up_port, trusted=False, tls=None, extra="", binary=None, **limits):
+        """The shim with one worker; `binary` another build of it (the allocation pass)."""
         self.seq += 1
         lim = dict(UNLIMITED)
         lim.update(limits)
@@ -349,7 +385,7 @@ class Bench:
         proc = Proc(
             self.tmp,
             f"shim{self.seq}",
-            [self.args.shim, "--config", path, "--workers", "1"],
+            [binary or self.args.shim, "--config", path, "--workers", "1"],
             PROXY_CPU,
             port=port,
             env=env,
@@ -359,6 +395,35 @@ class Bench:
         c.admin = admin
         c.tls_port = port if tls else None
         return c, proc
+
+    def relay(self, up_port):
+        """The layer-4 floor in tokio: `loadgen relay` on the proxy's CPU ("l4-tokio")."""
+        self.seq += 1
+        port = free_port()
+        proc = Proc(self.tmp, f"relay{self.seq}",
+                    [self.args.loadgen, "relay", "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{up_port}"],
+                    PROXY_CPU, ready=r"loadgen relay listening on")
+        self.procs.append(proc)
+        return Contender("l4-tokio", port, proc.pid), proc
+
+    def nginx_stream(self, up_port, load):
+        """The layer-4 floor in nginx: a `stream { proxy_pass }` server ("l4-nginx"); `load` is
+        the `load_module` line a dynamic stream module needs ("" when built in)."""
+        self.seq += 1
+        d = os.path.join(self.tmp, f"nginx{self.seq}")
+        os.makedirs(d)
+        port = free_port()
+        conf = NGINX_STREAM_CONF.format(
+            load=load,
+            user="user root;\n" if os.geteuid() == 0 else "",
+            dir=d, wc=4096, up=up_port, port=port)
+        path = os.path.join(d, "nginx.conf")
+        with open(path, "w") as f:
+            f.write(conf)
+        proc = Proc(self.tmp, f"nginx{self.seq}", [self.args.nginx, "-p", d, "-c", path, "-g", "daemon off;"],
+                    PROXY_CPU, port=port)
+        self.procs.append(proc)
+        return Contender("l4-nginx", port, self.nginx_worker(proc.pid)), proc
 
     def metrics(self, admin_port):
         with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as r:
@@ -436,8 +501,8 @@ class Bench:
 
     # ---- load tools
 
-    def wrk(self, port, path, headers=(), secs=None, scheme="http"):
-        argv = ["wrk", "-t1", "-c32", f"-d{secs}s", "--latency"]
+    def wrk(self, port, path, headers=(), secs=None, scheme="http", conns=32):
+        argv = ["wrk", "-t1", f"-c{conns}", f"-d{secs}s", "--latency"]
         for h in headers:
             argv += ["-H", h]
         argv.append(f"{scheme}://127.0.0.1:{port}{path}")
@@ -533,7 +598,7 @@ def pct(sorted_values, p):
 # scenarios
 
 
-def http_rounds(b, scenario, contenders, path, headers=(), expect="2xx", h2=False, tls=False):
+def http_rounds(b, scenario, contenders, path, headers=(), expect="2xx", h2=False, tls=False, conns=32):
     """A throughput scenario: warm up, measure, for each contender, over the rounds."""
     a = b.args
     scheme = "https" if tls else "http"
@@ -545,8 +610,8 @@ def http_rounds(b, scenario, contenders, path, headers=(), expect="2xx", h2=Fals
                 b.h2load(port, path, a.warm, 0)  # pools warm before the measured run's own warm-up
             res, m = b.measure(c, lambda: b.h2load(port, path, a.secs, a.warm))
         else:
-            b.wrk(port, path, headers, a.warm, scheme)
-            res, m = b.measure(c, lambda: b.wrk(port, path, headers, a.secs, scheme))
+            b.wrk(port, path, headers, a.warm, scheme, conns)
+            res, m = b.measure(c, lambda: b.wrk(port, path, headers, a.secs, scheme, conns))
         bad = res["socket_errors"]
         if expect == "2xx":
             bad += res["non2xx"]
@@ -558,19 +623,68 @@ def http_rounds(b, scenario, contenders, path, headers=(), expect="2xx", h2=Fals
         if bad or res["requests"] == 0:
             b.fail(scenario, c.name, f"round {r + 1}: {res['socket_errors']} socket errors, "
                    f"{res['non2xx']} non-2xx of {res['requests']}\n{res['raw'][-600:]}")
-        print(f"  round {r + 1} {c.name:6} {res['rate']:>10.0f} req/s  p50 {fmt_ms(res['p50'])}  "
+        print(f"  round {r + 1} {c.name:8} {res['rate']:>10.0f} req/s  p50 {fmt_ms(res['p50'])}  "
               f"p99 {fmt_ms(res['p99'])}  proxy cpu {m.get('cpu', 0) * 100:.0f}%  "
               f"upstream cpu {m.get('up_cpu', 0) * 100:.0f}%", flush=True)
         b.record(scenario, c.name, rate=res["rate"], p50=res["p50"], p99=res["p99"], **m)
 
 
+def nginx_stream_module(nginx):
+    """How this nginx gets the `stream` module: "" when built in, a `load_module` line when it
+    is a dynamic module that is installed, None when it has none (Debian: the module is the
+    package libnginx-mod-stream)."""
+    r = subprocess.run([nginx, "-V"], capture_output=True, text=True)
+    v = r.stdout + r.stderr
+    if re.search(r"--with-stream(\s|$)", v):
+        return ""
+    if "--with-stream=dynamic" in v:
+        m = re.search(r"--modules-path=(\S+)", v)
+        path = os.path.join(m.group(1) if m else "/usr/lib/nginx/modules", "ngx_stream_module.so")
+        if os.path.exists(path):
+            return f"load_module {path};\n"
+    return None
+
+
 def s1_passthrough(b):
-    print("\n== 1 pass-through GET, 1 KB (wrk -t1 -c32)", flush=True)
+    print("\n== 1 pass-through GET, 1 KB (wrk -t1 -c32); layer-4 floor: l4-tokio (loadgen relay), "
+          "l4-nginx (nginx stream)", flush=True)
     b.standin.restart()
     ng, ngp = b.nginx(b.standin.port)
     sh, shp = b.shim(b.standin.port)
     direct = Contender("direct", b.standin.port)
-    http_rounds(b, "1", [ng, sh, direct], SMALL)
+    l4t, l4tp = b.relay(b.standin.port)
+    contenders, procs = [ng, sh, direct, l4t], [ngp, shp, l4tp]
+    load = nginx_stream_module(b.args.nginx)
+    if load is None:
+        print("  l4-nginx skipped: this nginx has no stream module "
+              "(install it with: apt-get install -y libnginx-mod-stream)", flush=True)
+        b.extra["1_l4_nginx_missing"] = True
+    else:
+        l4n, l4np = b.nginx_stream(b.standin.port, load)
+        contenders.append(l4n)
+        procs.append(l4np)
+    http_rounds(b, "1", contenders, SMALL)
+    b.stop(*procs)
+
+
+def s11_many_connections(b):
+    print("\n== 11 1,000 keep-alive connections, pass-through GET 1 KB (wrk -t1 -c1000)", flush=True)
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < 1100:
+        # wrk needs a descriptor per connection (main() raised the soft limit to the hard one).
+        raise RuntimeError(f"scenario 11 needs RLIMIT_NOFILE >= 1100 for wrk -c1000; it is {soft} "
+                           "(raise it with ulimit -n)")
+    b.standin.restart()
+    # 1,000 clients and up to as many upstream connections: within worker_connections 4096 and
+    # the shim's max_connections 20000. The accept queue is tokio's default (the shim's and the
+    # stand-in's) rather than nginx's 511, so the 1,000 connects of each run queue alike. With
+    # the guide's `keepalive 64`, nginx would close all but 64 of its upstream connections after
+    # each answer and open new ones (measured: 63,000 upstream connects in 109,000 requests,
+    # the stand-in's accept queue overflowing, p99 over 1 s): upstream churn, not proxying.
+    ng, ngp = b.nginx(b.standin.port, backlog=1024, keepalive=1024)
+    sh, shp = b.shim(b.standin.port)
+    direct = Contender("direct", b.standin.port)
+    http_rounds(b, "11", [ng, sh, direct], SMALL, conns=1000)
     b.stop(ngp, shp)
 
 
@@ -628,28 +742,47 @@ def s9_tls(b):
     b.stop(ngp, shp)
 
 
+def check_refusals(b, scenario, c):
+    """Before measuring: 15 requests in a row must end in 429s (burst 10, then refused)."""
+    codes = []
+    for _ in range(15):
+        req = urllib.request.Request(f"http://127.0.0.1:{c.port}{ENDPOINT}")
+        for h in ADMIN_HEADERS:
+            k, v = h.split(": ", 1)
+            req.add_header(k, v)
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                codes.append(r.status)
+        except urllib.error.HTTPError as e:
+            codes.append(e.code)
+    if codes[-1] != 429 or codes.count(429) < 4:
+        b.fail(scenario, c.name, f"expected 429 after the burst, got {codes}")
+
+
 def s6_ratelimit(b):
-    print("\n== 6 rate-limit reject path (429), shim per_user vs nginx limit_req (10 r/m, burst 10)", flush=True)
+    # The target row: the per-IP budget, which refuses before identity (no /me, no policy), as
+    # nginx's limit_req keyed by the client address does. Same request as scenario 4.
+    print("\n== 6 per-IP 429: shim per_ip vs nginx limit_req $binary_remote_addr (10 r/m, burst 10)", flush=True)
+    b.standin.restart()
+    ng, ngp = b.nginx(b.standin.port, ip_limit=("10r/m", 10))
+    sh, shp = b.shim(b.standin.port, ip_n=10, ip_per="1m")
+    for c in (ng, sh):
+        check_refusals(b, "6", c)
+    before = b.metrics(sh.admin).get("rcshim_ratelimit_rejected_ip_total", 0)
+    http_rounds(b, "6", [ng, sh], ENDPOINT, ADMIN_HEADERS, expect="429")
+    after = b.metrics(sh.admin).get("rcshim_ratelimit_rejected_ip_total", 0)
+    b.extra["6_shim_rejected_ip"] = after - before
+    b.stop(ngp, shp)
+
+    # Informative, as measured before issue 15: the per-user budget, after identity and policy.
+    print("\n== 6 per-user 429: shim per_user vs nginx limit_req $http_x_user_id (10 r/m, burst 10)", flush=True)
     b.standin.restart()
     ng, ngp = b.nginx(b.standin.port, rate="10r/m", burst=10)
     sh, shp = b.shim(b.standin.port, user_n=10, user_per="1m")
-    # Check the answers really are 429s before measuring.
     for c in (ng, sh):
-        codes = []
-        for _ in range(15):
-            req = urllib.request.Request(f"http://127.0.0.1:{c.port}{ENDPOINT}")
-            for h in ADMIN_HEADERS:
-                k, v = h.split(": ", 1)
-                req.add_header(k, v)
-            try:
-                with urllib.request.urlopen(req, timeout=5) as r:
-                    codes.append(r.status)
-            except urllib.error.HTTPError as e:
-                codes.append(e.code)
-        if codes[-1] != 429 or codes.count(429) < 4:
-            b.fail("6", c.name, f"expected 429 after the burst, got {codes}")
+        check_refusals(b, "6user", c)
     before = b.metrics(sh.admin).get("rcshim_ratelimit_rejected_user_total", 0)
-    http_rounds(b, "6", [ng, sh], ENDPOINT, ADMIN_HEADERS, expect="429")
+    http_rounds(b, "6user", [ng, sh], ENDPOINT, ADMIN_HEADERS, expect="429")
     after = b.metrics(sh.admin).get("rcshim_ratelimit_rejected_user_total", 0)
     b.extra["6_shim_rejected"] = after - before
     b.stop(ngp, shp)
@@ -849,7 +982,7 @@ def med(rs, key):
 
 
 def s10_audit(b):
-    print("\n== 9 intercepted endpoint with the audit trail off, fsync = always, fsync = never "
+    print("\n== 10 intercepted endpoint with the audit trail off, fsync = always, fsync = never "
           "(cache hits; misses with Cache-Control: no-cache, so every request goes upstream)", flush=True)
     a = b.args
     b.standin.restart()
@@ -866,16 +999,16 @@ def s10_audit(b):
             b.wrk(c.port, ENDPOINT, headers, a.warm)
             res, m = b.measure(c, lambda: b.wrk(c.port, ENDPOINT, headers, a.secs))
             if res["socket_errors"] or res["non2xx"] or res["requests"] == 0:
-                b.fail("9", c.label, f"{kind} round {r + 1}: {res['socket_errors']} socket errors, "
+                b.fail("10", c.label, f"{kind} round {r + 1}: {res['socket_errors']} socket errors, "
                        f"{res['non2xx']} non-2xx of {res['requests']}\n{res['raw'][-600:]}")
             print(f"  round {r + 1} {kind:4} audit {c.label:6} {res['rate']:>10.0f} req/s  p50 {fmt_ms(res['p50'])}  "
                   f"p99 {fmt_ms(res['p99'])}  proxy cpu {m.get('cpu', 0) * 100:.0f}%", flush=True)
-            b.record(f"9{kind}-{c.label}", "shim", rate=res["rate"], p50=res["p50"], p99=res["p99"], **m)
+            b.record(f"10{kind}-{c.label}", "shim", rate=res["rate"], p50=res["p50"], p99=res["p99"], **m)
     for c, _ in shims:
         if c.label == "off":
             continue
         mt = b.metrics(c.admin)
-        b.extra[f"9_{c.label}"] = dict(
+        b.extra[f"10_{c.label}"] = dict(
             records=mt.get("rcshim_audit_records_written_total", 0),
             batches=mt.get("rcshim_audit_batches_total", 0),
             fsyncs=mt.get("rcshim_audit_fsync_duration_seconds_count", 0),
@@ -883,6 +1016,78 @@ def s10_audit(b):
             failures=mt.get("rcshim_audit_write_failures_total", 0),
         )
     b.stop(*[p for _, p in shims])
+
+
+# The allocation pass: (key, label, the shim's rate limits, tool, path, headers, expected answer).
+ALLOC_ROADS = [
+    ("pass", "pass-through GET 1 KB (as 1)", {}, "wrk", SMALL, (), "2xx"),
+    ("h2", "HTTP/2 GET 1 KB (as 3)", {}, "h2load", SMALL, (), "2xx"),
+    ("hit", "endpoint, cache hit (as 4)", {}, "wrk", ENDPOINT, ADMIN_HEADERS, "2xx"),
+    ("ip429", "per-IP 429 (as 6)", dict(ip_n=10, ip_per="1m"), "wrk", ENDPOINT, ADMIN_HEADERS, "429"),
+]
+
+
+def alloc_per_request(s0, s1, a1, requests):
+    """Allocations per request from three readings of `rcshim_allocations_total`: two scrapes
+    back to back (s0, s1), the run, a third scrape (a1). Each reading is taken at the same point
+    of its scrape, so s1 - s0 is one whole scrape, and a1 - s1 is the run plus one scrape."""
+    scrape = s1 - s0
+    return (a1 - s1 - scrape) / requests, scrape
+
+
+def sa_allocations(b):
+    a = b.args
+    print("\n== a allocations per request (the shim built with --features count-allocations, "
+          "rcshim_allocations_total from /metrics; the scrape's own cost subtracted)", flush=True)
+    if not a.alloc_shim:
+        raise RuntimeError("the allocation pass needs --alloc-shim (bench/run.sh builds it into target/alloc)")
+    for key, label, limits, tool, path, headers, expect in ALLOC_ROADS:
+        b.standin.restart()
+        sh, shp = b.shim(b.standin.port, binary=a.alloc_shim, **limits)
+
+        def load(secs):
+            if tool == "h2load":
+                return b.h2load(sh.h2port, path, secs, 0)
+            return b.wrk(sh.port, path, headers, secs)
+
+        def count():
+            return b.metrics(sh.admin).get("rcshim_allocations_total")
+
+        load(a.warm)  # pools, identity and cache filled, the per-IP burst spent
+        if count() is None:  # also takes the first scrape's one-off costs out of the way
+            b.stop(shp)
+            raise RuntimeError(f"{a.alloc_shim} shows no rcshim_allocations_total on /metrics: "
+                               "not built with --features count-allocations")
+        s0, s1 = count(), count()
+        res = load(a.alloc_secs)
+        a1 = count()
+        b.stop(shp)
+        n = res["requests"]
+        bad = res["socket_errors"] + (res["non2xx"] if expect == "2xx" else 0)
+        if expect == "429" and n - res["non2xx"] > 50:
+            b.fail("a", key, f"{n - res['non2xx']} requests were not refused")
+        if bad or n == 0:
+            b.fail("a", key, f"{res['socket_errors']} socket errors, {res['non2xx']} non-2xx of {n}\n"
+                   f"{res['raw'][-600:]}")
+            continue
+        per, scrape = alloc_per_request(s0, s1, a1, n)
+        print(f"  {label:30} {per:8.1f} allocations/request over {n:,} requests "
+              f"(one /metrics scrape: {scrape:,.0f})", flush=True)
+        b.extra.setdefault("alloc", {})[key] = dict(label=label, per=per, requests=n, scrape=scrape)
+
+
+# Issue 15's allocation targets (per request).
+ALLOC_TARGETS = {"pass": 8, "hit": 10}
+
+
+def alloc_table(b):
+    x = b.extra.get("alloc")
+    if not x:
+        return None
+    head = ["road", "requests", "allocations per request", "target"]
+    rows = [[v["label"], f"{v['requests']:,}", f"{v['per']:.1f}",
+             f"<= {ALLOC_TARGETS[k]}" if k in ALLOC_TARGETS else "-"] for k, v in x.items()]
+    return md_table(head, rows)
 
 
 def spread(rs, key):
@@ -900,7 +1105,8 @@ ROWS = [
     ("3", "3 HTTP/2 GET 1 KB (h2c)", "req/s"),
     ("4", "4 endpoint, cache hit", "req/s"),
     ("5", "5 1000 concurrent misses", "upstream req"),
-    ("6", "6 rate-limit reject (429)", "req/s"),
+    ("6", "6 per-IP 429", "req/s"),
+    ("6user", "6 per-user 429", "req/s"),
     ("7echo", "7 websocket echo", "rt/s"),
     ("7idle", "7 idle websocket tunnels", "KB/tunnel"),
     ("8", "8 rate-limit keys", "req/s"),
@@ -912,16 +1118,47 @@ ROWS = [
     ("10miss-off", "10 endpoint miss, audit off", "req/s"),
     ("10miss-always", "10 endpoint miss, audit fsync always", "req/s"),
     ("10miss-never", "10 endpoint miss, audit fsync never", "req/s"),
+    ("11", "11 pass-through GET 1 KB, 1,000 conns", "req/s"),
 ]
+
+# Contenders in table order: the proxies, no proxy, the layer-4 floor.
+NAMES = ("nginx", "shim", "direct", "l4-tokio", "l4-nginx")
+FLOORS = ("l4-tokio", "l4-nginx")
+
+
+def cpu_per_req(rs):
+    """Median CPU time per request in µs over the runs (None when the contender has no pid)."""
+    return med([dict(x=r["cpu"] / r["rate"] * 1e6) for r in rs if r.get("cpu") and r.get("rate")], "x")
+
+
+def floor(b, key):
+    """The layer-4 floor of a scenario: its cheapest relay's (name, CPU µs per request)."""
+    best = None
+    for name in FLOORS:
+        rs = b.results.get((key, name))
+        v = cpu_per_req(rs) if rs else None
+        if v is not None and (best is None or v < best[1]):
+            best = (name, v)
+    return best
+
+
+def md_table(head, rows):
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |")
+    return "\n".join(lines)
 
 
 def table(b):
     head = ["scenario", "contender", "rate (median ± spread)", "p50", "p99", "peak RSS",
-            "proxy CPU (per req)", "shim/nginx", "shim/direct"]
+            "proxy CPU (per req)", "CPU/req vs floor", "shim/nginx", "shim/direct"]
     rows = []
     for key, label, unit in ROWS:
         first = True
-        for name in ("nginx", "shim", "direct"):
+        fl = floor(b, key)
+        for name in NAMES:
             rs = b.results.get((key, name))
             if not rs:
                 continue
@@ -948,9 +1185,14 @@ def table(b):
                 rss = fmt_kb(med(rs, "hwm_kb"))
             cpu = med(rs, "cpu")
             cpu_s = f"{cpu * 100:.0f}%" if cpu is not None and name != "direct" else "-"
+            vs_floor = ""
             if cpu_s != "-" and unit in ("req/s", "rt/s") and rate:
                 # CPU time per request: comparable even when CPU 1 (load + upstream) limited the rate
-                cpu_s += f" ({med([dict(x=r['cpu'] / r['rate'] * 1e6) for r in rs if r.get('cpu') and r.get('rate')], 'x'):.1f} µs)"
+                per = cpu_per_req(rs)
+                if per is not None:
+                    cpu_s += f" ({per:.1f} µs)"
+                    if fl:
+                        vs_floor = f"{per / fl[1]:.2f}x"
             rn = rd = ""
             if name == "shim" and key != "5":
                 ng = b.results.get((key, "nginx"))
@@ -960,14 +1202,9 @@ def table(b):
                 if di and med(di, "rate"):
                     rd = f"{rate / med(di, 'rate'):.2f}x"
             rows.append([label if first else "", name, rate_s, fmt_ms(med(rs, "p50")),
-                         fmt_ms(med(rs, "p99")), rss, cpu_s, rn, rd])
+                         fmt_ms(med(rs, "p99")), rss, cpu_s, vs_floor, rn, rd])
             first = False
-    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
-    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    for r in rows:
-        lines.append("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |")
-    return "\n".join(lines)
+    return md_table(head, rows)
 
 
 def targets(b):
@@ -985,9 +1222,42 @@ def targets(b):
     if None not in (s, n, sp, np_):
         out.append(f"pass-through 1 KB: throughput {s / n:.2f}x nginx (>= 1.0), p99 {fmt_ms(sp)} vs "
                    f"{fmt_ms(np_)} (<=): {verdict(s >= n and sp <= np_)}")
+    fl = floor(b, "1")
+    sc, nc = (cpu_per_req(b.results[("1", k)]) if ("1", k) in b.results else None for k in ("shim", "nginx"))
+    if fl and sc is not None:
+        others = ", ".join(f"{k} {cpu_per_req(b.results[('1', k)]):.1f} µs" for k in FLOORS
+                           if ("1", k) in b.results and cpu_per_req(b.results[("1", k)]) is not None)
+        out.append(f"layer-4 floor (1, pass-through): shim CPU/req vs floor {sc / fl[1]:.2f}x "
+                   f"({sc:.1f} µs vs {fl[0]} {fl[1]:.1f} µs)"
+                   + (f", nginx {nc / fl[1]:.2f}x ({nc:.1f} µs)" if nc is not None else "")
+                   + f"; floors: {others}"
+                   + ("; l4-nginx not run (no nginx stream module)" if b.extra.get("1_l4_nginx_missing") else ""))
+    s, n = get("3", "shim", "rate"), get("3", "nginx", "rate")
+    if None not in (s, n):
+        out.append(f"HTTP/2 1 KB: {s / n:.2f}x nginx (>= 1.0): {verdict(s >= n)}")
     s, n = get("4", "shim", "rate"), get("4", "nginx", "rate")
     if None not in (s, n):
-        out.append(f"cache hit: {s / n:.2f}x nginx proxy_cache (>= 1.5): {verdict(s >= 1.5 * n)}")
+        out.append(f"cache hit: {s / n:.2f}x nginx proxy_cache (>= 1.25): {verdict(s >= 1.25 * n)}")
+    s, n = get("6", "shim", "rate"), get("6", "nginx", "rate")
+    if None not in (s, n):
+        out.append(f"per-IP 429: {s / n:.2f}x nginx limit_req (>= 0.8): {verdict(s >= 0.8 * n)}")
+    s11, s1, p99 = get("11", "shim", "rate"), get("1", "shim", "rate"), get("11", "shim", "p99")
+    if None not in (s11, p99):
+        if s1:
+            n11, n1 = get("11", "nginx", "rate"), get("1", "nginx", "rate")
+            ng = f"; nginx {n11 / n1:.2f}x" if n11 and n1 else ""
+            dp = get("11", "direct", "p99")
+            ng += f"; direct p99 {fmt_ms(dp)} (what CPU 1 allows)" if dp is not None else ""
+            out.append(f"1,000 connections: shim {s11 / s1:.2f}x its 32-connection rate (>= 0.90), p99 "
+                       f"{fmt_ms(p99)} (< 10 ms): {verdict(s11 >= 0.9 * s1 and p99 < 10)}{ng}")
+        else:
+            out.append(f"1,000 connections: p99 {fmt_ms(p99)} (< 10 ms); run scenario 1 in the same run "
+                       "for the rate against 32 connections: not judged")
+    x = b.extra.get("alloc", {})
+    for key, what in (("pass", "pass-through"), ("hit", "cache hit")):
+        if key in x:
+            t = ALLOC_TARGETS[key]
+            out.append(f"allocations per request, {what}: {x[key]['per']:.1f} (<= {t}): {verdict(x[key]['per'] <= t)}")
     rs = b.results.get(("5", "shim"))
     if rs:
         counts = [r["rate"] for r in rs]
@@ -1000,6 +1270,9 @@ def targets(b):
     v = get("7idle", "shim", "rate")
     if v is not None:
         out.append(f"{b.extra.get('7_tunnels')} idle websocket tunnels: {v:.1f} KB each (< 64 KB): {verdict(v < 64)}")
+    s, n = get("7echo", "shim", "rate"), get("7echo", "nginx", "rate")
+    if None not in (s, n):
+        out.append(f"websocket echo: {s / n:.2f}x nginx (>= 1.0): {verdict(s >= n)}")
     rs = b.results.get(("8", "shim"))
     if rs:
         r = rs[0]
@@ -1009,13 +1282,13 @@ def targets(b):
                    f"{verdict(r['rss1_kb'] < 256 * 1024 and r['rss2_kb'] < 64 * 1024)}"
                    + ("" if full else " (fewer keys than the target's 1,000,000: indicative only)"))
     for kind in ("hit", "miss"):
-        off = get(f"9{kind}-off", "shim", "rate")
+        off = get(f"10{kind}-off", "shim", "rate")
         for label in ("always", "never"):
-            on = get(f"9{kind}-{label}", "shim", "rate")
+            on = get(f"10{kind}-{label}", "shim", "rate")
             if None not in (off, on):
                 out.append(f"audit trail, endpoint {kind}, fsync = {label}: {on / off:.2f}x the rate with the trail off")
     for label in ("always", "never"):
-        x = b.extra.get(f"9_{label}")
+        x = b.extra.get(f"10_{label}")
         if x:
             line = (f"audit trail fsync = {label}: {x['records']:,.0f} records in {x['batches']:,.0f} writes "
                     f"({x['records'] / max(x['batches'], 1):.1f} records per write), {x['failures']:.0f} failures")
@@ -1038,7 +1311,32 @@ SCENARIOS = {
     "8": s8_keys,
     "9": s9_tls,
     "10": s10_audit,
+    "11": s11_many_connections,
+    "a": sa_allocations,
 }
+
+
+def parse_only(spec):
+    """The scenarios `--only` names, in the order given: a comma-separated list ("1,10,11"),
+    or, as before, one character per scenario ("1458"), where a 1 followed by 0 or 1 reads as
+    scenario 10 or 11 (use commas for anything else, e.g. "1,1" is pointless, "11" is 11)."""
+    if "," in spec:
+        tokens = [t.strip() for t in spec.split(",") if t.strip()]
+    else:
+        tokens, i = [], 0
+        while i < len(spec):
+            two = spec[i:i + 2]
+            n = 2 if len(two) == 2 and two in SCENARIOS else 1
+            tokens.append(spec[i:i + n])
+            i += n
+    unknown = [t for t in tokens if t not in SCENARIOS]
+    if unknown or not tokens:
+        raise ValueError(f"--only {spec!r}: unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
+    out = []
+    for t in tokens:
+        if t not in out:
+            out.append(t)
+    return out
 
 
 def main():
@@ -1050,9 +1348,15 @@ def main():
     p.add_argument("--short", action="store_true", help="2 rounds of 1 s runs, smaller memory scenarios (a smoke test, under 2 minutes)")
     p.add_argument("--rounds", type=int)
     p.add_argument("--secs", type=int, help="seconds per measured run")
-    p.add_argument("--only", default="123456789", help="scenarios to run, e.g. 14")
+    p.add_argument("--only", default=",".join(SCENARIOS),
+                   help="scenarios to run, e.g. 14 or 1,10,11 (default: all)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs)")
+    p.add_argument("--alloc-shim", help="the shim built with --features count-allocations (scenario a)")
     a = p.parse_args()
+    try:
+        a.only = parse_only(a.only)
+    except ValueError as e:
+        p.error(str(e))
     a.rounds = a.rounds or (2 if a.short else 3)
     a.secs = a.secs or (1 if a.short else 10)
     a.warm = 1 if a.short else 2
@@ -1060,6 +1364,7 @@ def main():
     a.mem_rounds = 1 if a.short else a.rounds
     a.keys = 50_000 if a.short else 1_000_000
     a.key_window = 3 if a.short else 60
+    a.alloc_secs = 1 if a.short else 3
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -1098,11 +1403,17 @@ def main():
     print(f"Command: bench/run.sh{' --short' if a.short else ''} ({a.rounds} rounds, {a.secs} s runs, medians; "
           "spread = (max - min) / median)\n")
     print(table(b))
-    print("\nTargets" + (" (short mode: indicative only)" if a.short else "") + ":")
+    at = alloc_table(b)
+    if at:
+        print("\nAllocations per request (a: the count-allocations build, one run each, after a warm-up):\n")
+        print(at)
+    print("\nTargets (issue 15)" + (" (short mode: indicative only)" if a.short else "") + ":")
     for t in targets(b):
         print(f"- {t}")
+    if "6_shim_rejected_ip" in b.extra:
+        print(f"\n(6: the shim counted {b.extra['6_shim_rejected_ip']:.0f} per-IP refusals during the measured runs)")
     if "6_shim_rejected" in b.extra:
-        print(f"\n(6: the shim counted {b.extra['6_shim_rejected']:.0f} per-user refusals during the measured runs)")
+        print(f"(6: the shim counted {b.extra['6_shim_rejected']:.0f} per-user refusals during the measured runs)")
 
 
 if __name__ == "__main__":

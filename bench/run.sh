@@ -2,9 +2,12 @@
 # The benchmark harness: the shim against nginx doing the same job and against no proxy at all,
 # on loopback, with the pinning and alternation of ../shared/guides/benchmarks.md.
 #
-#   bench/run.sh [--short] [--rounds N] [--secs S] [--only 1458] [--keep]   (scenarios 1 to 9)
+#   bench/run.sh [--short] [--rounds N] [--secs S] [--only 1458|1,10,11,a] [--keep]
 #
-# --short: a smoke test, 2 rounds of 1 s runs and smaller memory scenarios (~1.5 min once built).
+# Scenarios 1 to 11 and "a", the allocation pass (allocations per request, from a second shim
+# built with --features count-allocations into target/alloc; the timed scenarios use the normal
+# target/release binary). Default: all of them.
+# --short: a smoke test, 2 rounds of 1 s runs and smaller memory scenarios (~3 min once built).
 # It installs nothing: it names what is missing, with the command to get it, and exits 2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,8 +38,25 @@ if [ "$(nproc --all)" -lt 2 ] || ! taskset -c 1 true 2>/dev/null; then
 fi
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 
+# Is the allocation pass ("a") selected? It is unless --only leaves it out.
+want_alloc=1
+prev=
+for arg in "$@"; do
+    case "$prev" in --only) [[ "$arg" == *a* ]] || want_alloc=0 ;; esac
+    case "$arg" in --only=*) [[ "${arg#--only=}" == *a* ]] || want_alloc=0 ;; esac
+    prev=$arg
+done
+
 echo "building (release)..." >&2
 cargo build --release --workspace --quiet
+alloc=()
+if ((want_alloc)); then
+    # Its own target dir: the feature must never end up in target/release/rocketchat-shim.
+    echo "building (release, count-allocations, target/alloc)..." >&2
+    cargo build --release -p rocketchat-shim --bin rocketchat-shim --features count-allocations \
+        --target-dir target/alloc --quiet
+    alloc=(--alloc-shim target/alloc/release/rocketchat-shim)
+fi
 loadgen=$(cargo bench --bench loadgen --no-run --message-format=json --quiet 2>/dev/null \
     | python3 -c 'import json,sys
 for line in sys.stdin:
@@ -53,4 +73,5 @@ exec python3 bench/harness.py \
     --standin target/release/rocketchat-standin \
     --loadgen "$loadgen" \
     --nginx "$nginx_bin" \
+    "${alloc[@]}" \
     "$@"

@@ -16,6 +16,9 @@
 //!   over `C` websockets, one message in flight on each; round trips/s and latency.
 //! * `ws-idle --url URL --conns N [--parallel P]`: opens `N` websockets (each checked with one
 //!   echo), prints a `ready` line and holds them until stdin is closed.
+//! * `relay --listen ADDR --upstream ADDR`: the layer-4 floor of the pass-through scenario: each
+//!   accepted connection gets its own upstream connection and bytes are copied both ways with
+//!   no HTTP at all; prints a `listening` line and runs until killed.
 //!
 //! Only loopback addresses are accepted.
 
@@ -67,8 +70,9 @@ fn main() {
             "xff-flood" => xff_flood(Opts::parse(&rest)?).await,
             "ws-echo" => ws_echo(Opts::parse(&rest)?).await,
             "ws-idle" => ws_idle(Opts::parse(&rest)?).await,
+            "relay" => relay(Opts::parse(&rest)?).await,
             other => Err(format!(
-                "loadgen: unknown subcommand {other:?} (upstream, burst, xff-flood, ws-echo, ws-idle)"
+                "loadgen: unknown subcommand {other:?} (upstream, burst, xff-flood, ws-echo, ws-idle, relay)"
             )),
         }
     });
@@ -592,4 +596,46 @@ async fn ws_idle(o: Opts) -> Res<String> {
     let held_n = held.len();
     drop(held);
     Ok(format!("{{\"released\":{held_n}}}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// relay
+
+/// The layer-4 floor: what a proxy costs per request when it does no HTTP at all. It makes the
+/// syscalls a pass-through proxy cannot avoid (read the request, write it upstream, read the
+/// answer, write it back, on epoll) and nothing else, so the shim's CPU per request over this
+/// one's is what HTTP handling costs. One upstream connection per client connection, as a
+/// proxy that pairs them (and like nginx `stream`, which has no pool); `TCP_NODELAY` on both
+/// sides, as the shim and nginx set it. The runtime is `main`'s current-thread one: one core,
+/// no work stealing, like the proxies under test.
+async fn relay(o: Opts) -> Res<String> {
+    let listen = o.addr("listen")?;
+    let upstream = o.addr("upstream")?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("loadgen relay listening on {addr}");
+    let _ = std::io::stdout().flush();
+    loop {
+        let client = match listener.accept().await {
+            Ok((client, _)) => client,
+            // Out of descriptors or a connection reset before it was accepted: the relay keeps
+            // serving the connections it has rather than exiting mid-run.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        tokio::spawn(async move {
+            let mut client = client;
+            let _ = client.set_nodelay(true);
+            // No upstream: dropping the client closes it, which the load generator counts.
+            let Ok(mut up) = TcpStream::connect(upstream).await else {
+                return;
+            };
+            let _ = up.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+        });
+    }
 }
