@@ -1,8 +1,9 @@
 //! The upstream connection each HTTP/1.x client connection keeps and drives in its own task
 //! (`src/upstream/local.rs`, issue 15): reused across the client connection's requests,
-//! closed after `upstream.pool_idle_timeout` of idleness, never used for another upstream
-//! after a reload, and never holding more than half of `upstream.max_connections` (the rest
-//! stays for the pool: HTTP/2 clients, upgrades, the shim's own lookups).
+//! closed after `upstream.pool_idle_timeout` of idleness (never while its answer streams),
+//! never used for another upstream after a reload, and given back while idle when
+//! `upstream.max_connections` is reached, so the pool (HTTP/2 clients, upgrades, the shim's
+//! own lookups) and newer client connections are never starved.
 //!
 //! The upstream is a small raw-TCP server defined here that counts the connections it
 //! accepted and the ones still open, and tags every answer with its name.
@@ -63,7 +64,22 @@ impl Upstream {
                             .position(|w| w == b"\r\n\r\n")
                             .map(|p| p + 4)
                             .unwrap_or(buf.len());
+                        let slow = String::from_utf8_lossy(&buf[..end]).starts_with("GET /slow");
                         buf.drain(..end);
+                        if slow {
+                            // 10 pieces, 80 ms apart: 800 ms of body.
+                            let head = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: keep-alive\r\n\r\n";
+                            if s.write_all(head.as_bytes()).await.is_err() {
+                                break;
+                            }
+                            for _ in 0..10 {
+                                tokio::time::sleep(Duration::from_millis(80)).await;
+                                if s.write_all(b"x").await.is_err() {
+                                    break 'conn;
+                                }
+                            }
+                            continue;
+                        }
                         let answer = format!(
                             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: keep-alive\r\n\r\n{name}",
                             name.len()
@@ -185,6 +201,24 @@ async fn an_idle_kept_connection_is_closed_after_pool_idle_timeout() {
 }
 
 #[tokio::test]
+async fn a_body_streaming_longer_than_pool_idle_timeout_is_not_cut() {
+    let up = Upstream::start("a").await;
+    let mut config = base_config(&up.url());
+    config.upstream.pool_idle_timeout = Duration::from_millis(200);
+    let shim = server::start(config).await.expect("start");
+    let mut c = Client::connect(shim.addr).await;
+    assert_eq!(c.get("/x").await.1, "a");
+    // Idle long enough for the idle timer to be due, then a body that takes 800 ms.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (status, body) = c.get("/slow").await;
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", "xxxxxxxxxx")
+    );
+    assert_eq!(c.get("/x").await.1, "a");
+}
+
+#[tokio::test]
 async fn after_a_reload_to_another_upstream_the_kept_connection_is_not_used() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
@@ -204,45 +238,60 @@ async fn after_a_reload_to_another_upstream_the_kept_connection_is_not_used() {
 }
 
 #[tokio::test]
-async fn kept_connections_take_at_most_half_of_max_connections() {
+async fn idle_kept_connections_give_their_place_back_at_the_cap() {
     let up = Upstream::start("a").await;
     let mut config = base_config(&up.url());
     config.upstream.max_connections = 4;
     let shim = server::start(config).await.expect("start");
-    // Eight client connections, all kept alive after one request each.
+    // Eight client connections, all kept alive after one request each: past the fourth, each
+    // new one is served at once by closing an idle kept connection (not after
+    // connect_timeout, not a 503).
     let mut clients = Vec::new();
     for i in 0..8 {
         let mut c = Client::connect(shim.addr).await;
+        let t = Instant::now();
+        let (status, body) = c.get("/x").await;
         assert_eq!(
-            c.get("/x").await.1,
-            "a",
-            "client {i}, upstream accepted {}",
-            up.accepted.load(Ordering::SeqCst)
+            (status.as_str(), body.as_str()),
+            ("HTTP/1.1 200 OK", "a"),
+            "client {i}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "client {i} waited {:?}",
+            t.elapsed()
         );
         clients.push(c);
     }
     let open = up.open.load(Ordering::SeqCst);
     assert!(open <= 4, "{open} upstream connections open, cap 4");
-    // The pool still has room: the shim's own lookups and HTTP/2 clients are not starved
-    // by idle client connections (a lookup that found no free connection would 503 after
-    // connect_timeout).
-    for c in clients.iter_mut() {
+    for (i, c) in clients.iter_mut().enumerate() {
         let t = Instant::now();
-        assert_eq!(c.get("/y").await.0, "HTTP/1.1 200 OK");
+        assert_eq!(c.get("/y").await.0, "HTTP/1.1 200 OK", "client {i}");
         assert!(
             t.elapsed() < Duration::from_secs(1),
-            "waited {:?} for a connection",
+            "client {i} waited {:?}",
             t.elapsed()
         );
     }
+    // The pool's users are not starved by idle client connections either: an HTTP/2 client
+    // (served by the pool) gets a connection at once.
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()
         .expect("h2 client");
+    let t = Instant::now();
     let r = h2
         .get(format!("http://{}/z", shim.addr))
         .send()
         .await
         .expect("h2");
     assert_eq!(r.status(), 200);
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "h2 waited {:?}",
+        t.elapsed()
+    );
+    let open = up.open.load(Ordering::SeqCst);
+    assert!(open <= 4, "{open} upstream connections open, cap 4");
 }

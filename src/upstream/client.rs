@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use tower_service::Service;
 
 use super::connector::{abort_handle, Abort, AbortUnanswered, Busy, Capped, CappedConnector};
+use super::idle::IdleRegistry;
 use super::UpstreamError;
 use crate::body::{ClientBodyError, ProxyBody};
 use crate::config::UpstreamConfig;
@@ -36,6 +37,8 @@ pub struct Upstream {
     max_connections: u64,
     /// Its permits, one per open upstream connection (shared by the connector).
     permits: Arc<Semaphore>,
+    /// The client connections keeping an upstream connection (shared with the connector).
+    idle: Arc<IdleRegistry>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     response_timeout: Duration,
@@ -71,13 +74,21 @@ impl Upstream {
         connector.set_nodelay(true);
         connector.enforce_http(false);
         let max_connections = cfg.max_connections;
-        let permits = match previous {
-            Some(p) if p.max_connections == max_connections => p.permits.clone(),
-            _ => Arc::new(Semaphore::new(
-                max_connections.min(Semaphore::MAX_PERMITS as u64) as usize,
-            )),
+        let (permits, idle) = match previous {
+            Some(p) if p.max_connections == max_connections => (p.permits.clone(), p.idle.clone()),
+            _ => (
+                Arc::new(Semaphore::new(
+                    max_connections.min(Semaphore::MAX_PERMITS as u64) as usize,
+                )),
+                Arc::default(),
+            ),
         };
-        let connector = CappedConnector::new(connector, permits.clone(), cfg.connect_timeout);
+        let connector = CappedConnector::new(
+            connector,
+            permits.clone(),
+            cfg.connect_timeout,
+            idle.clone(),
+        );
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls_config(&cfg.ca_file)?)
             .https_or_http()
@@ -108,6 +119,7 @@ impl Upstream {
             pool_idle_timeout: cfg.pool_idle_timeout,
             max_connections,
             permits,
+            idle,
             scheme,
             authority,
             response_timeout: cfg.response_timeout,
@@ -178,12 +190,10 @@ impl Upstream {
         self.id
     }
 
-    /// Whether a client connection may open an upstream connection of its own: only while
-    /// more than half of `upstream.max_connections` is free. Past that, its requests share the
-    /// pool, so that idle client connections can never starve the pool's users (HTTP/2
-    /// clients, upgrades, the shim's own lookups) of connections.
-    pub(super) fn room_for_own(&self) -> bool {
-        self.permits.available_permits() as u64 > self.max_connections / 2
+    /// Where a client connection that keeps an upstream connection is listed, so that it can
+    /// be closed while idle when the cap is reached (`idle.rs`).
+    pub(super) fn idle_registry(&self) -> &IdleRegistry {
+        &self.idle
     }
 
     /// `upstream.response_timeout`.

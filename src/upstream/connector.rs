@@ -7,6 +7,7 @@
 //! connection task and frees the socket, the permit, and the client's body with it
 //! (spec/shim.md §7).
 
+use super::idle::IdleRegistry;
 use crate::read_cap::ReadCap;
 use futures_util::future::BoxFuture;
 use futures_util::task::AtomicWaker;
@@ -91,15 +92,24 @@ pub struct CappedConnector {
     inner: HttpConnector,
     permits: Arc<Semaphore>,
     wait: Duration,
+    /// Idle kept connections, closed to free a permit when none is (see `idle.rs`).
+    idle: Arc<IdleRegistry>,
 }
 
 impl CappedConnector {
-    /// Wraps `inner`; each connection takes one of `permits`, waiting at most `wait`.
-    pub(super) fn new(inner: HttpConnector, permits: Arc<Semaphore>, wait: Duration) -> Self {
+    /// Wraps `inner`; each connection takes one of `permits` (closing an idle kept connection
+    /// of `idle` when none is free), waiting at most `wait`.
+    pub(super) fn new(
+        inner: HttpConnector,
+        permits: Arc<Semaphore>,
+        wait: Duration,
+        idle: Arc<IdleRegistry>,
+    ) -> Self {
         CappedConnector {
             inner,
             permits,
             wait,
+            idle,
         }
     }
 }
@@ -118,11 +128,19 @@ impl tower_service::Service<Uri> for CappedConnector {
         let fresh = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, fresh);
         let permits = self.permits.clone();
+        let idle = self.idle.clone();
         let wait = self.wait;
         Box::pin(async move {
-            let permit = match tokio::time::timeout(wait, permits.acquire_owned()).await {
-                Ok(Ok(p)) => p,
-                _ => return Err(Box::new(Busy) as Self::Error),
+            let permit = match permits.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    // At the cap: an idle kept connection gives its permit back first.
+                    idle.reclaim_one();
+                    match tokio::time::timeout(wait, permits.acquire_owned()).await {
+                        Ok(Ok(p)) => p,
+                        _ => return Err(Box::new(Busy) as Self::Error),
+                    }
+                }
             };
             let io = inner
                 .call(uri)

@@ -10,8 +10,8 @@
 //! The pool's guarantees hold here too (spec/shim.md §7):
 //! - the connection comes from the same connector: it holds a permit of
 //!   `upstream.max_connections` for its whole life, TLS for an `https` upstream, `TCP_NODELAY`;
-//!   and one is opened only while more than half of the permits are free, so idle client
-//!   connections never starve the pool;
+//!   and while idle it is given back when a connect finds the cap reached (`idle.rs`), so idle
+//!   client connections never starve the pool or each other;
 //! - idle longer than `upstream.pool_idle_timeout`, it is closed (lazily timed: one timer per
 //!   period, not per request) and never reused;
 //! - a request that was not yet written when the connection turned out closed (the upstream
@@ -24,7 +24,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -36,6 +36,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::client::{exchange_failed, OwnConnection};
 use super::connector::{Abort, Capped};
+use super::idle::Reclaim;
 use super::{Upstream, UpstreamError};
 use crate::body::ProxyBody;
 use crate::connection::DrivenBeside;
@@ -45,9 +46,10 @@ type Conn = Connection<MaybeHttpsStream<Capped>, ProxyBody>;
 /// The upstream connection of one client connection (see the module comment). Shared between
 /// the client connection's service (which sends) and its driver (which polls), both in the
 /// same task: the lock is never contended.
-#[derive(Default)]
 pub struct LocalUpstream {
     slot: Mutex<Slot>,
+    /// Itself, for the idle registry (`idle.rs`).
+    me: Weak<LocalUpstream>,
 }
 
 #[derive(Default)]
@@ -57,6 +59,8 @@ struct Slot {
     driver: Option<Waker>,
     /// Numbers the connections, so that a sender goes back only to its own.
     serial: u64,
+    /// Listed in the upstream's idle registry (once is enough: it holds a weak reference).
+    listed_in: Option<u64>,
 }
 
 struct Held {
@@ -74,6 +78,13 @@ struct Held {
 }
 
 impl Held {
+    /// Idle: no request holds its sender and the last answer's body is through (the
+    /// connection asks for the next request). An answer's head is not enough: its body may
+    /// still be streaming.
+    fn is_idle(&self) -> bool {
+        self.sender.as_ref().is_some_and(|s| s.is_ready())
+    }
+
     /// Aborts the connection (reset, never reused).
     fn abort(&self) {
         if let Some(a) = &self.abort {
@@ -118,13 +129,13 @@ impl DrivenBeside for LocalUpstream {
         }
         while held.idle_timer.as_mut().poll(cx).is_ready() {
             let due = held.last_used + held.idle_timeout;
-            if held.sender.is_some() && due <= Instant::now() {
+            if held.is_idle() && due <= Instant::now() {
                 // Idle too long: closed before the upstream's own keep-alive timeout can race
                 // a request.
                 slot.held = None;
                 return;
             }
-            let next = if held.sender.is_some() {
+            let next = if held.is_idle() {
                 due
             } else {
                 // In use: look again a period later.
@@ -159,11 +170,9 @@ impl LocalUpstream {
         loop {
             let mut out = match self.checkout(upstream) {
                 Ok(Some(c)) => c,
-                Ok(None) if upstream.room_for_own() => self.connect(upstream).await?,
-                // Half the connection cap is for the pool (see `room_for_own`); and a busy
-                // connection (a request of this client connection still holds it) leaves the
-                // request to the pool too.
-                Ok(None) | Err(()) => return send_by_pool(upstream, req).await,
+                Ok(None) => self.connect(upstream).await?,
+                // Busy (a request of this client connection still holds it): the pool.
+                Err(()) => return send_by_pool(upstream, req).await,
             };
             // Until the head arrives, dropping this (the timeout, the client gone) aborts the
             // connection.
@@ -239,7 +248,14 @@ impl LocalUpstream {
         // Never zero: the lazy timer re-arms itself from it.
         let idle_timeout = upstream.pool_idle_timeout().max(Duration::from_millis(1));
         let now = Instant::now();
+        let list = self.lock().listed_in != Some(upstream.id());
+        if list {
+            // Outside the slot's lock: the registry takes slot locks when it reclaims.
+            let me: Weak<dyn Reclaim> = self.me.clone();
+            upstream.idle_registry().register(me);
+        }
         let mut slot = self.lock();
+        slot.listed_in = Some(upstream.id());
         slot.serial += 1;
         let serial = slot.serial;
         slot.held = Some(Held {
@@ -315,7 +331,22 @@ impl Drop for AbortUnanswered<'_> {
     }
 }
 
+impl Reclaim for LocalUpstream {
+    /// Closes the kept connection if it is idle (see `Held::is_idle`).
+    fn reclaim_idle(&self) -> bool {
+        let held = {
+            let mut slot = self.lock();
+            slot.held.take_if(|h| h.is_idle())
+        };
+        // Dropped outside the lock; its permit goes back with it.
+        held.is_some()
+    }
+}
+
 /// One per client connection; shared by its service and its driver.
 pub fn for_connection() -> Arc<LocalUpstream> {
-    Arc::new(LocalUpstream::default())
+    Arc::new_cyclic(|me| LocalUpstream {
+        slot: Mutex::default(),
+        me: me.clone(),
+    })
 }

@@ -1,7 +1,7 @@
 //! The upstream road: everything the shim sends to Rocket.Chat goes through here. One pooled
 //! client with a process-wide connection cap (`client.rs`, `connector.rs`); the connection
 //! each HTTP/1.x client connection keeps for its pass-through requests, driven in its own
-//! task (`local.rs`); one place that
+//! task (`local.rs`), given back when idle and the cap is reached (`idle.rs`); one place that
 //! builds upstream requests, with explicit forwarding rules for client traffic and for the
 //! shim's own lookups (`request.rs`); one place that turns a failure into its answer, its log
 //! line and its count (`failure.rs`).
@@ -9,6 +9,7 @@
 mod client;
 mod connector;
 pub mod failure;
+mod idle;
 pub mod local;
 pub mod request;
 
