@@ -128,7 +128,7 @@ async fn fetch_me(
         })
         .unwrap_or_default();
     Ok(Arc::new(Identity {
-        user_id: user_id.to_owned(),
+        user_id: user_id.into(),
         username: username.to_owned(),
         roles,
     }))

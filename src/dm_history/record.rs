@@ -69,7 +69,7 @@ impl RecordFacts {
     /// The caller, once identified.
     pub fn identified(&mut self, identity: &Identity) {
         self.actor = Some(Person {
-            id: identity.user_id.clone(),
+            id: identity.user_id.to_string(),
             username: identity.username.clone(),
         });
     }
