@@ -40,7 +40,7 @@ impl DmHistory {
         &self,
         headers: &HeaderMap,
         identity: &Identity,
-        cred: &Credential,
+        cred: &Credential<'_>,
         query: &CanonicalQuery,
         ctx: &RequestCtx,
         facts: &mut EndpointFacts,
@@ -97,7 +97,7 @@ fn wants_refresh(h: &HeaderMap) -> bool {
 
 /// The headers of the upstream request: the caller's credential, the content negotiation
 /// headers, and the forwarding ones added by [`fetch`]. Nothing else of the client's.
-fn upstream_headers(client: &HeaderMap, cred: &Credential) -> HeaderMap {
+fn upstream_headers(client: &HeaderMap, cred: &Credential<'_>) -> HeaderMap {
     let mut h = HeaderMap::new();
     for name in [header::ACCEPT_LANGUAGE, header::USER_AGENT] {
         if let Some(v) = client.get(&name) {

@@ -70,7 +70,7 @@ use credential::Credential;
 use endpoint_setting::EndpointSetting;
 use identity::{Identities, Verified};
 use members::Members;
-use params::{CanonicalQuery, RawQuery};
+use params::{CanonicalQuery, Pair, RawQuery};
 use permission_roles::PermissionRoles;
 use policy::{Check, Identity};
 pub use record::PendingRecord;
@@ -239,7 +239,7 @@ impl DmHistory {
         &self,
         room_id: &str,
         identity: &Identity,
-        cred: &Credential,
+        cred: &Credential<'_>,
         ctx: &RequestCtx,
         unverified: bool,
         facts: &mut EndpointFacts,
@@ -286,7 +286,7 @@ impl DmHistory {
     async fn members_of(
         &self,
         room_id: &str,
-        cred: &Credential,
+        cred: &Credential<'_>,
         ctx: &RequestCtx,
     ) -> Option<Vec<crate::audit::Person>> {
         match self.members.get(room_id, &self.upstream, cred, ctx).await {
@@ -316,7 +316,7 @@ impl DmHistory {
     /// Step 1: who is calling (fails closed when `/me` cannot be asked).
     async fn identify(
         &self,
-        cred: &Credential,
+        cred: &Credential<'_>,
         ctx: &RequestCtx,
     ) -> Result<Arc<Identity>, ApiError> {
         match self.identities.verify(cred, &self.upstream, ctx).await {
@@ -332,7 +332,7 @@ impl DmHistory {
     async fn holds_permission(
         &self,
         identity: &Identity,
-        cred: &Credential,
+        cred: &Credential<'_>,
         ctx: &RequestCtx,
     ) -> Result<bool, ApiError> {
         let roles = self
@@ -346,14 +346,14 @@ impl DmHistory {
     /// The checks the endpoint and the guarded related endpoints share, in order: the per-IP
     /// budget (before identity, so made-up tokens cannot flood `/me`), the credential and who
     /// it is, then permission and setting.
-    async fn admit(
+    async fn admit<'r>(
         &self,
-        headers: &HeaderMap,
-        raw: &RawQuery,
+        headers: &'r HeaderMap,
+        raw: &'r RawQuery<'_>,
         ctx: &RequestCtx,
         authorize: bool,
         facts: &mut EndpointFacts,
-    ) -> Result<(Credential, Arc<Identity>), Stop> {
+    ) -> Result<(Credential<'r>, Arc<Identity>), Stop> {
         self.spend(self.limits.check_ip(ctx.client_ip).await?, facts)?;
         let cred = Credential::from_request(headers, raw.access_token()?)
             .ok_or_else(|| ApiError::not_logged_in(self.config.policy.error_style))?;
@@ -371,7 +371,7 @@ impl DmHistory {
     async fn authorize(
         &self,
         identity: &Identity,
-        cred: &Credential,
+        cred: &Credential<'_>,
         ctx: &RequestCtx,
     ) -> Result<(), ApiError> {
         policy::check_in_order(self.config.policy.error_style, |check| async move {
@@ -423,7 +423,7 @@ impl DmHistory {
             Guarded::Counters if self.config.policy.any_protected() => {
                 // Older Rocket.Chat counters handlers resolve `username` to the DM with that
                 // user, which no roomId check can see: refused while rooms are protected.
-                if raw.pairs().iter().any(|(k, _)| qs_base(k) == "username") {
+                if raw.pairs().iter().any(|Pair(k, _)| qs_base(k) == "username") {
                     return Err(ApiError::invalid_param(
                         "username",
                         "is not accepted while protected conversations are configured; name the room with roomId",
@@ -435,8 +435,8 @@ impl DmHistory {
                 let mut rooms: Vec<&str> = raw
                     .pairs()
                     .iter()
-                    .filter(|(k, v)| qs_base(k) == "roomId" && !v.trim().is_empty())
-                    .map(|(_, v)| v.as_str())
+                    .filter(|Pair(k, v)| qs_base(k) == "roomId" && !v.trim().is_empty())
+                    .map(|Pair(_, v)| v.as_ref())
                     .collect();
                 rooms.dedup();
                 for id in rooms {

@@ -31,7 +31,7 @@ use crate::config::{ParamsConfig, QueryAndFields};
 use crate::error::ApiError;
 use filter::{fields, parse_object, query};
 use raw::shorten;
-pub use raw::RawQuery;
+pub use raw::{Pair, RawQuery};
 
 /// Longest query string accepted, in bytes.
 pub const MAX_QUERY_BYTES: usize = 16 * 1024;
