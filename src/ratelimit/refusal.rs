@@ -6,6 +6,7 @@
 //! the header map is a spare one the caller hands in (the request's own, whose allocation
 //! hyper recycles from connection to connection).
 
+use std::cell::RefCell;
 use std::sync::OnceLock;
 
 use bytes::Bytes;
@@ -34,14 +35,28 @@ pub fn response(d: &Decision, headers: HeaderMap) -> Response<ProxyBody> {
     resp
 }
 
-/// Rocket.Chat's 429 body for `secs` (the bytes of [`ApiError::too_many_requests`]).
+/// Rocket.Chat's 429 body for `secs` (the bytes of [`ApiError::too_many_requests`]): from the
+/// table, or beyond it from this thread's last one when `secs` is the same.
 fn body(secs: u64) -> Bytes {
     static BODIES: [OnceLock<Bytes>; TABLE] = [const { OnceLock::new() }; TABLE];
-    let make = || ApiError::too_many_requests(secs).body_bytes();
-    match usize::try_from(secs).ok().and_then(|i| BODIES.get(i)) {
-        Some(cell) => cell.get_or_init(make).clone(),
-        None => make(),
+    thread_local! {
+        static LAST: RefCell<Option<(u64, Bytes)>> = const { RefCell::new(None) };
     }
+    let make = || ApiError::too_many_requests(secs).body_bytes();
+    if let Some(cell) = usize::try_from(secs).ok().and_then(|i| BODIES.get(i)) {
+        return cell.get_or_init(make).clone();
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((s, b)) if *s == secs => b.clone(),
+            _ => {
+                let b = make();
+                *last = Some((secs, b.clone()));
+                b
+            }
+        }
+    })
 }
 
 #[cfg(test)]
