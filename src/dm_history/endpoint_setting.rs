@@ -28,7 +28,11 @@ pub struct EndpointSetting {
 }
 
 impl EndpointSetting {
-    pub fn new(policy: &PolicyConfig, service: Option<Credential<'static>>, metrics: Metrics) -> Self {
+    pub fn new(
+        policy: &PolicyConfig,
+        service: Option<Credential<'static>>,
+        metrics: Metrics,
+    ) -> Self {
         EndpointSetting {
             mode: policy.dm_history_endpoint,
             service,

@@ -423,7 +423,11 @@ impl DmHistory {
             Guarded::Counters if self.config.policy.any_protected() => {
                 // Older Rocket.Chat counters handlers resolve `username` to the DM with that
                 // user, which no roomId check can see: refused while rooms are protected.
-                if raw.pairs().iter().any(|Pair(k, _)| qs_base(k) == "username") {
+                if raw
+                    .pairs()
+                    .iter()
+                    .any(|Pair(k, _)| qs_base(k) == "username")
+                {
                     return Err(ApiError::invalid_param(
                         "username",
                         "is not accepted while protected conversations are configured; name the room with roomId",

@@ -28,7 +28,11 @@ pub struct PermissionRoles {
 }
 
 impl PermissionRoles {
-    pub fn new(policy: &PolicyConfig, service: Option<Credential<'static>>, metrics: Metrics) -> Self {
+    pub fn new(
+        policy: &PolicyConfig,
+        service: Option<Credential<'static>>,
+        metrics: Metrics,
+    ) -> Self {
         PermissionRoles {
             fixed: match &policy.roles {
                 RolesSource::List(l) => Some(Arc::new(l.clone())),

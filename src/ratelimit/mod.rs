@@ -6,10 +6,10 @@
 //! Idle keys are forgotten by a background sweep, so memory stays bounded however many
 //! distinct keys appear.
 
+use std::fmt::Display;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::fmt::Display;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
