@@ -24,6 +24,7 @@ use moka::sync::Cache;
 
 use crate::config::CacheConfig;
 use crate::error::ApiError;
+use crate::header_values::{self, Slot};
 use crate::metrics::Metrics;
 
 /// Bytes counted for each entry beyond its body and key: moka's own bookkeeping (its hash
@@ -82,19 +83,21 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The RFC 9211 `Cache-Status` value.
+    /// The RFC 9211 `Cache-Status` value (static text, or for a hit from
+    /// [`header_values`]: no allocation per answer).
     pub fn header(&self) -> HeaderValue {
         let s = match self {
-            Outcome::Hit { ttl_left } => format!("rocketchat-shim; hit; ttl={ttl_left}"),
-            Outcome::Miss { stored } => stored_suffix("rocketchat-shim; fwd=miss", *stored),
-            Outcome::Collapsed { stored } => {
-                stored_suffix("rocketchat-shim; fwd=miss; collapsed", *stored)
-            }
-            Outcome::Refresh { stored } => stored_suffix("rocketchat-shim; fwd=request", *stored),
-            Outcome::Disabled => "rocketchat-shim; fwd=bypass; detail=disabled".into(),
-            Outcome::Bypass => "rocketchat-shim; fwd=bypass".into(),
+            Outcome::Hit { ttl_left } => return header_values::number(Slot::HitTtl, *ttl_left),
+            Outcome::Miss { stored: true } => "rocketchat-shim; fwd=miss; stored",
+            Outcome::Miss { stored: false } => "rocketchat-shim; fwd=miss",
+            Outcome::Collapsed { stored: true } => "rocketchat-shim; fwd=miss; collapsed; stored",
+            Outcome::Collapsed { stored: false } => "rocketchat-shim; fwd=miss; collapsed",
+            Outcome::Refresh { stored: true } => "rocketchat-shim; fwd=request; stored",
+            Outcome::Refresh { stored: false } => "rocketchat-shim; fwd=request",
+            Outcome::Disabled => "rocketchat-shim; fwd=bypass; detail=disabled",
+            Outcome::Bypass => "rocketchat-shim; fwd=bypass",
         };
-        HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("rocketchat-shim"))
+        HeaderValue::from_static(s)
     }
 
     /// A short label for the access log.
@@ -110,12 +113,11 @@ impl Outcome {
     }
 }
 
-fn stored_suffix(base: &str, stored: bool) -> String {
-    if stored {
-        format!("{base}; stored")
-    } else {
-        base.to_owned()
-    }
+/// Spells a cache key: user id, a line feed, the canonical query.
+fn write_key(out: &mut String, user_id: &str, canonical: impl FnOnce(&mut String)) {
+    out.push_str(user_id);
+    out.push('\n');
+    canonical(out);
 }
 
 struct Inner {
@@ -182,14 +184,37 @@ impl ResponseCache {
     /// The cache key: user id and the credential-free canonical query.
     pub fn key(user_id: &str, canonical: &str) -> Arc<str> {
         let mut k = String::with_capacity(user_id.len() + canonical.len() + 1);
-        k.push_str(user_id);
-        k.push('\n');
-        k.push_str(canonical);
+        write_key(&mut k, user_id, |k| k.push_str(canonical));
         Arc::from(k)
     }
 
+    /// [`lookup`](Self::lookup) of the key of `user_id` and the canonical query that
+    /// `canonical` writes, spelled in a buffer this thread keeps: a hit allocates no key.
+    pub fn lookup_for(
+        &self,
+        user_id: &str,
+        canonical: impl FnOnce(&mut String),
+    ) -> Option<(Arc<Fetched>, u64)> {
+        thread_local! {
+            static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        KEY.with(|buf| {
+            // Never re-entered (nothing below calls back here), but a busy buffer only costs
+            // a fresh one.
+            let mut fresh = String::new();
+            let mut held = buf.try_borrow_mut();
+            let k = match held.as_deref_mut() {
+                Ok(k) => k,
+                Err(_) => &mut fresh,
+            };
+            k.clear();
+            write_key(k, user_id, canonical);
+            self.lookup(k)
+        })
+    }
+
     /// A fresh stored answer for `key`, with its seconds of freshness left.
-    pub fn lookup(&self, key: &Arc<str>) -> Option<(Arc<Fetched>, u64)> {
+    pub fn lookup(&self, key: &str) -> Option<(Arc<Fetched>, u64)> {
         let hit = self.0.store.get(key)?;
         let age = hit.at.elapsed();
         if age >= self.0.ttl {

@@ -21,8 +21,8 @@
 //! - [`upstream`]: the one road to Rocket.Chat: the client, request builders, failure answers.
 //! - `connection`: one client connection's life (sniffer, clock, slot).
 //! - [`route`]: which road a path takes; [`router_models`] and [`fuzzing`] check it.
-//! - [`headers`], [`body`], `respond`, `access_log`, [`metrics`], `read_cap`: shared
-//!   mechanics.
+//! - [`headers`], [`header_values`], [`body`], `respond`, `access_log`, [`metrics`],
+//!   `read_cap`: shared mechanics.
 //! - [`request`], [`error`], [`config`]: the ground floor: the request context, Rocket.Chat's
 //!   error bodies, the typed configuration.
 //! - [`demo`] (feature `demo`, on by default): the shim in front of the embedded stand-in.
@@ -40,6 +40,7 @@ pub mod demo;
 pub mod dm_history;
 pub mod error;
 pub mod fuzzing;
+pub mod header_values;
 pub mod headers;
 pub mod metrics;
 pub(crate) mod proxy;

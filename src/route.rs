@@ -87,13 +87,23 @@ const ENDPOINTS: [(&str, Route); 6] = [
 ///    other related name occurs (the request goes upstream as it came, so the upstream must
 ///    not be able to read it as the other one), else [`Route::Ambiguous`].
 ///
-/// Fast path: a path of printable ASCII with no `%` (and no tab, CR or LF) can only hold a
+/// Fast paths: a path of printable ASCII with no `%` (and no tab, CR or LF) can only hold a
 /// name if it contains the name's last word (`others`, `everyone`, `counters`) in some letter
-/// case, since the widest view of such a path is the path itself, lower-cased.
+/// case, since the widest view of such a path is the path itself, lower-cased; and the
+/// endpoint spelled canonically is intercepted without building any reading
+/// ([`plain_endpoint`]).
 pub fn classify(raw_path: &str, path_prefix: &str, guard_related: bool) -> Route {
     if !might_match(raw_path.as_bytes(), guard_related) {
         return Route::Passthrough;
     }
+    if plain_endpoint(raw_path, path_prefix, guard_related) {
+        return Route::Intercepted;
+    }
+    classify_in_full(raw_path, path_prefix, guard_related)
+}
+
+/// Steps 1 to 3 of [`classify`] without its fast paths.
+fn classify_in_full(raw_path: &str, path_prefix: &str, guard_related: bool) -> Route {
     let named = guarded_names(raw_path, guard_related);
     if named.is_empty() {
         return Route::Passthrough;
@@ -404,6 +414,41 @@ fn might_match(raw: &[u8], guard_related: bool) -> bool {
         || (guard_related
             && (contains_ignore_ascii_case(raw, b"everyone")
                 || contains_ignore_ascii_case(raw, b"counters")))
+}
+
+/// The endpoint spelled canonically (the common case, answered without allocating): when the
+/// path and the prefix are plain (see [`is_plain`]), each is its own decoded and WHATWG
+/// reading, so the readings of step 2 of [`classify`] are the path itself, and a reading that
+/// is the endpoint makes the request [`Route::Intercepted`] whatever else the path names.
+/// `false` leaves the decision to the full classification.
+fn plain_endpoint(raw_path: &str, path_prefix: &str, guard_related: bool) -> bool {
+    if !is_plain(raw_path) {
+        return false;
+    }
+    let prefix = match path_prefix {
+        "" | "/" => "",
+        p if is_plain(p) => p,
+        _ => return false,
+    };
+    match_endpoint(raw_path, prefix, guard_related) == Route::Intercepted
+}
+
+/// A path that [`normalize`] and [`normalize_whatwg`] both return unchanged: `/` followed by
+/// non-empty segments of lower-case ASCII letters, digits, `-`, `_` and `.` (no `.` or `..`
+/// segment), no empty segment and no trailing slash. Nothing in it is decoded, trimmed, cut,
+/// case-folded or resolved.
+fn is_plain(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    rest.split('/').all(|seg| {
+        !seg.is_empty()
+            && seg != "."
+            && seg != ".."
+            && seg.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+            })
+    })
 }
 
 /// Whether `hay` contains `needle` (lower-case ASCII) in any ASCII letter case.
@@ -881,6 +926,25 @@ mod tests {
             let pp = format!("/api/v1/{p}");
             let expected = is_dm(&normalize(&pp)) || is_dm(&normalize_whatwg(&pp));
             prop_assert_eq!(classify(&pp, prefix, guard) == Route::Intercepted, expected);
+        }
+
+        #[test]
+        fn plain_endpoint_agrees_with_the_full_classification(
+            p in prop_oneof![
+                arb_path(),
+                "(/[a-z0-9._-]{0,6}){0,3}(/api/v1/(im|dm)\\.messages\\.others)?(/[a-z0-9._-]{0,6}){0,2}".prop_map(String::from),
+                "(/(api|v1|chat|im\\.messages\\.others|dm\\.messages\\.others|\\.|\\.\\.|)){0,6}".prop_map(String::from),
+            ],
+            prefix in prop::sample::select(vec!["", "/", "/chat", "/a/b", "/api/v1", "/api", "/Chat", "/chat/", "/c.d"]),
+            guard in any::<bool>(),
+        ) {
+            if plain_endpoint(&p, prefix, guard) {
+                prop_assert_eq!(classify_in_full(&p, prefix, guard), Route::Intercepted, "{:?} prefix {:?}", p, prefix);
+            }
+            if is_plain(&p) {
+                prop_assert_eq!(normalize(&p), p.clone());
+                prop_assert_eq!(normalize_whatwg(&p), p.clone());
+            }
         }
 
         #[test]

@@ -2,18 +2,23 @@
 //! from the upstream (one canonical request, coalesced), then decorated for the client
 //! (`Cache-Status`, the rate-limit headers, `no-store`, HEAD without a body) with the facts the
 //! access log records.
+//!
+//! A cache hit is the fast road: the key is spelled in a buffer the thread keeps, the stored
+//! body and content type are shared (reference counts, no copy), the response is built on the
+//! request's own header map, and every header value is static or comes from
+//! `header_values`, so a hit allocates nothing here.
 
 use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response};
-use hyper::body::Incoming;
+use http::Response;
 
 use super::credential::Credential;
 use super::lookup;
 use super::params::CanonicalQuery;
 use super::policy::Identity;
 use super::{DmHistory, EndpointFacts};
+use crate::access_log;
 use crate::body::ProxyBody;
 use crate::cache::{Fetched, Outcome, ResponseCache};
 use crate::error::ApiError;
@@ -30,15 +35,16 @@ static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 impl DmHistory {
     /// From the cache, or from the upstream (coalesced), with the caller's own credential.
+    /// `headers` are the client's.
     pub(super) async fn answer(
         &self,
-        req: &Request<Incoming>,
+        headers: &HeaderMap,
         identity: &Identity,
-        cred: &Credential,
+        cred: &Credential<'_>,
         query: &CanonicalQuery,
         ctx: &RequestCtx,
         facts: &mut EndpointFacts,
-    ) -> Result<Response<ProxyBody>, ApiError> {
+    ) -> Result<Fetched, ApiError> {
         // Built only when the upstream is really asked (a cache hit needs none of it).
         let fetch = || {
             let target = format!(
@@ -51,28 +57,27 @@ impl DmHistory {
                 self.upstream.clone(),
                 self.metrics.clone(),
                 target,
-                upstream_headers(req.headers(), cred),
+                upstream_headers(headers, cred),
                 ctx.clone(),
             )
         };
         let Some(cache) = &self.cache else {
             facts.cache = Outcome::Disabled;
-            return fetched_response(&fetch().await?);
+            return fetch().await;
         };
-        let key = ResponseCache::key(&identity.user_id, &query.cache_key());
-        let refresh = wants_refresh(req.headers());
+        let refresh = wants_refresh(headers);
         if !refresh {
-            if let Some((hit, ttl_left)) = cache.lookup(&key) {
+            if let Some((hit, ttl_left)) =
+                cache.lookup_for(&identity.user_id, |k| query.write_cache_key(k))
+            {
                 facts.cache = Outcome::Hit { ttl_left };
-                return fetched_response(&hit);
+                return Ok(Fetched::clone(&hit));
             }
         }
+        let key = ResponseCache::key(&identity.user_id, &query.cache_key());
         let (result, outcome) = cache.fetch(key, refresh, fetch()).await;
         facts.cache = outcome;
-        match result.as_ref() {
-            Ok(f) => fetched_response(f),
-            Err(e) => Err(e.clone()),
-        }
+        result.as_ref().clone()
     }
 }
 
@@ -92,7 +97,7 @@ fn wants_refresh(h: &HeaderMap) -> bool {
 
 /// The headers of the upstream request: the caller's credential, the content negotiation
 /// headers, and the forwarding ones added by [`fetch`]. Nothing else of the client's.
-fn upstream_headers(client: &HeaderMap, cred: &Credential) -> HeaderMap {
+fn upstream_headers(client: &HeaderMap, cred: &Credential<'_>) -> HeaderMap {
     let mut h = HeaderMap::new();
     for name in [header::ACCEPT_LANGUAGE, header::USER_AGENT] {
         if let Some(v) = client.get(&name) {
@@ -144,13 +149,14 @@ async fn fetch(
     })
 }
 
-/// An upstream (or cached) answer toward the client: its status and body unchanged.
-fn fetched_response(f: &Fetched) -> Result<Response<ProxyBody>, ApiError> {
-    let mut resp = respond::json(f.status, f.body.clone());
-    if let Some(ct) = &f.content_type {
-        resp.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+/// An upstream (or cached) answer toward the client: its status and body unchanged, built on
+/// `headers`, a spare map (see `respond::json_with`).
+pub(super) fn response(f: Fetched, headers: HeaderMap) -> Response<ProxyBody> {
+    let mut resp = respond::json_with(headers, f.status, f.body);
+    if let Some(ct) = f.content_type {
+        resp.headers_mut().insert(header::CONTENT_TYPE, ct);
     }
-    Ok(resp)
+    resp
 }
 
 /// Decorates an answer of the endpoint: `Cache-Status`, the rate-limit headers of the budget
@@ -170,10 +176,14 @@ pub(super) fn finish(
             }
         }
     }
-    resp.extensions_mut().insert(AccessLogFacts {
-        user_id: facts.user_id,
-        cache: Some(facts.cache.label()),
-    });
+    // Only read by the access log (and moved onto a withheld answer's 503 for it): inserting
+    // an extension allocates its map, so not when the log is off.
+    if access_log::enabled() {
+        resp.extensions_mut().insert(AccessLogFacts {
+            user_id: facts.user_id.map(|u| u.to_string()),
+            cache: Some(facts.cache.label()),
+        });
+    }
     if head {
         // hyper sends no body for HEAD; keep the length the GET would have had.
         let len = http_body::Body::size_hint(resp.body()).exact();
@@ -266,7 +276,12 @@ mod tests {
             StatusCode::OK,
             bytes::Bytes::from_static(b"{\"success\":true}"),
         );
-        let resp = finish(resp, facts, false);
+        // The facts are for the access log: there only while it is on.
+        let log_on = tracing_subscriber::fmt()
+            .with_env_filter("access=info")
+            .with_writer(std::io::sink)
+            .finish();
+        let resp = tracing::subscriber::with_default(log_on, || finish(resp, facts, false));
         let h = resp.headers();
         assert_eq!(h["cache-status"], "rocketchat-shim; hit; ttl=3");
         assert_eq!(h["cache-control"], "no-store");
@@ -275,6 +290,18 @@ mod tests {
         let log = resp.extensions().get::<AccessLogFacts>().expect("facts");
         assert_eq!(log.user_id.as_deref(), Some("u1"));
         assert_eq!(log.cache, Some("hit"));
+        let log_off = tracing_subscriber::fmt()
+            .with_env_filter("warn")
+            .with_writer(std::io::sink)
+            .finish();
+        let resp = tracing::subscriber::with_default(log_off, || {
+            finish(
+                respond::json(StatusCode::OK, bytes::Bytes::new()),
+                EndpointFacts::new(None),
+                false,
+            )
+        });
+        assert!(resp.extensions().get::<AccessLogFacts>().is_none());
     }
 
     #[test]

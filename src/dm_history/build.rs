@@ -127,7 +127,7 @@ impl DmHistory {
 
 /// The service account's credential, when one is configured and its token variable is set;
 /// required (an error naming what is missing) when the setting is read from the upstream.
-fn service_credential(config: &Config) -> Result<Option<Credential>, String> {
+fn service_credential(config: &Config) -> Result<Option<Credential<'static>>, String> {
     Ok(match config.policy.dm_history_endpoint {
         DmHistoryEndpoint::Upstream => {
             let sa = config.upstream.service_account.as_ref().ok_or(
@@ -139,11 +139,17 @@ fn service_credential(config: &Config) -> Result<Option<Credential>, String> {
                     sa.token_env
                 )
             })?;
-            Some(Credential::Headers { user_id, token })
+            Some(Credential::Headers {
+                user_id: user_id.into(),
+                token: token.into(),
+            })
         }
         _ => config
             .service_token()
-            .map(|(user_id, token)| Credential::Headers { user_id, token }),
+            .map(|(user_id, token)| Credential::Headers {
+                user_id: user_id.into(),
+                token: token.into(),
+            }),
     })
 }
 

@@ -2,6 +2,11 @@
 //! (spec/shim.md §2): `X-User-Id` + `X-Auth-Token`, `Authorization: Bearer`, `access_token` in
 //! the query. Its `Debug` never shows the secret; its fingerprint (SHA-256) is the cache key
 //! of verified identities, never the token itself.
+//!
+//! A request's credential borrows from its head (nothing is copied to check a cached identity);
+//! the service account's owns its strings (`Credential<'static>`).
+
+use std::borrow::Cow;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
@@ -11,16 +16,19 @@ static X_AUTH_TOKEN: HeaderName = HeaderName::from_static("x-auth-token");
 
 /// A credential as the client presented it. Its `Debug` never shows the secret.
 #[derive(Clone, PartialEq, Eq)]
-pub enum Credential {
+pub enum Credential<'a> {
     /// `X-User-Id` + `X-Auth-Token` (login tokens and personal access tokens).
-    Headers { user_id: String, token: String },
+    Headers {
+        user_id: Cow<'a, str>,
+        token: Cow<'a, str>,
+    },
     /// `Authorization: Bearer <token>` (OAuth).
-    Bearer(String),
+    Bearer(Cow<'a, str>),
     /// `?access_token=<token>` (OAuth, in the query string).
-    AccessToken(String),
+    AccessToken(Cow<'a, str>),
 }
 
-impl std::fmt::Debug for Credential {
+impl std::fmt::Debug for Credential<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Credential::Headers { user_id, .. } => write!(f, "Headers({user_id}, <token>)"),
@@ -30,10 +38,13 @@ impl std::fmt::Debug for Credential {
     }
 }
 
-impl Credential {
+impl<'a> Credential<'a> {
     /// The credential of a request, in Rocket.Chat's order (the headers when both are present,
-    /// then the OAuth forms). `None` means "not logged in".
-    pub fn from_request(headers: &HeaderMap, access_token: Option<&str>) -> Option<Credential> {
+    /// then the OAuth forms), borrowed from it. `None` means "not logged in".
+    pub fn from_request(
+        headers: &'a HeaderMap,
+        access_token: Option<&'a str>,
+    ) -> Option<Credential<'a>> {
         let get = |n: &HeaderName| {
             headers
                 .get(n)
@@ -43,8 +54,8 @@ impl Credential {
         };
         if let (Some(user_id), Some(token)) = (get(&X_USER_ID), get(&X_AUTH_TOKEN)) {
             return Some(Credential::Headers {
-                user_id: user_id.to_owned(),
-                token: token.to_owned(),
+                user_id: Cow::Borrowed(user_id),
+                token: Cow::Borrowed(token),
             });
         }
         if let Some(auth) = get(&header::AUTHORIZATION) {
@@ -52,14 +63,14 @@ impl Credential {
             if let (Some(scheme), Some(token)) = (parts.next(), parts.next()) {
                 let token = token.trim();
                 if scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() {
-                    return Some(Credential::Bearer(token.to_owned()));
+                    return Some(Credential::Bearer(Cow::Borrowed(token)));
                 }
             }
         }
         access_token
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .map(|t| Credential::AccessToken(t.to_owned()))
+            .map(|t| Credential::AccessToken(Cow::Borrowed(t)))
     }
 
     /// A SHA-256 of the credential, used as the cache key.

@@ -22,13 +22,17 @@ pub const SETTING_ID: &str = "API_Enable_Direct_Message_History_EndPoint";
 /// Whether the endpoint is enabled.
 pub struct EndpointSetting {
     mode: DmHistoryEndpoint,
-    service: Option<Credential>,
+    service: Option<Credential<'static>>,
     cache: Cache<(), bool>,
     metrics: Metrics,
 }
 
 impl EndpointSetting {
-    pub fn new(policy: &PolicyConfig, service: Option<Credential>, metrics: Metrics) -> Self {
+    pub fn new(
+        policy: &PolicyConfig,
+        service: Option<Credential<'static>>,
+        metrics: Metrics,
+    ) -> Self {
         EndpointSetting {
             mode: policy.dm_history_endpoint,
             service,

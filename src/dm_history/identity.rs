@@ -52,7 +52,7 @@ impl Identities {
     /// upstream is an error, and the caller fails closed.
     pub async fn verify(
         &self,
-        cred: &Credential,
+        cred: &Credential<'_>,
         upstream: &Upstream,
         ctx: &RequestCtx,
     ) -> Result<Verified, LookupError> {
@@ -96,7 +96,7 @@ impl Identities {
 
 async fn fetch_me(
     upstream: &Upstream,
-    cred: &Credential,
+    cred: &Credential<'_>,
     ctx: &RequestCtx,
 ) -> Result<Arc<Identity>, VerifyFailure> {
     let (status, body) = lookup::get_json(upstream, "/api/v1/me", "/api/v1/me", cred, ctx)
@@ -128,7 +128,7 @@ async fn fetch_me(
         })
         .unwrap_or_default();
     Ok(Arc::new(Identity {
-        user_id: user_id.to_owned(),
+        user_id: user_id.into(),
         username: username.to_owned(),
         roles,
     }))

@@ -72,7 +72,7 @@ pub async fn get_json(
     upstream: &Upstream,
     path: &str,
     what: &'static str,
-    cred: &Credential,
+    cred: &Credential<'_>,
     ctx: &RequestCtx,
 ) -> Result<(StatusCode, Value), LookupError> {
     let mut target = format!("{}{}", upstream.path_prefix, path);

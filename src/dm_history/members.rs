@@ -57,7 +57,7 @@ impl Members {
         &self,
         room_id: &str,
         upstream: &Upstream,
-        cred: &Credential,
+        cred: &Credential<'_>,
         ctx: &RequestCtx,
     ) -> Result<Arc<Vec<Person>>, LookupError> {
         if let Some(m) = self.cache.get(room_id).await {
@@ -78,7 +78,7 @@ impl Members {
 async fn fetch(
     room_id: &str,
     upstream: &Upstream,
-    cred: &Credential,
+    cred: &Credential<'_>,
     ctx: &RequestCtx,
 ) -> Result<Arc<Vec<Person>>, LookupError> {
     let path = format!("{WHAT}?rid={}", encode_component(room_id));

@@ -50,12 +50,13 @@ pub mod rules;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use http::{Method, Request, Response};
+use http::request::Parts;
+use http::{HeaderMap, Method, Request, Response};
 use hyper::body::Incoming;
 
 use crate::audit::{AuditTrail, CacheStatus, Decision as AuditDecision, Endpoint};
 use crate::body::ProxyBody;
-use crate::cache::{Outcome, ResponseCache};
+use crate::cache::{Fetched, Outcome, ResponseCache};
 use crate::config::{Config, OnFailure};
 use crate::error::ApiError;
 use crate::headers;
@@ -69,7 +70,7 @@ use credential::Credential;
 use endpoint_setting::EndpointSetting;
 use identity::{Identities, Verified};
 use members::Members;
-use params::{CanonicalQuery, RawQuery};
+use params::{CanonicalQuery, Pair, RawQuery};
 use permission_roles::PermissionRoles;
 use policy::{Check, Identity};
 pub use record::PendingRecord;
@@ -108,26 +109,28 @@ impl DmHistory {
         &self.limits
     }
 
-    /// The endpoint, step by step. `facts` collects what the access log and the headers need.
+    /// The endpoint, step by step, on the request's head. `facts` collects what the access log
+    /// and the headers need. The answer is the stored (or fetched) one; `handle` makes the
+    /// response.
     async fn pipeline(
         &self,
-        req: &Request<Incoming>,
+        req: &Parts,
         ctx: &RequestCtx,
         facts: &mut EndpointFacts,
-    ) -> Result<Response<ProxyBody>, ApiError> {
-        if req.method() != Method::GET && req.method() != Method::HEAD {
-            return Err(ApiError::method_not_allowed());
+    ) -> Result<Fetched, Stop> {
+        if req.method != Method::GET && req.method != Method::HEAD {
+            return Err(ApiError::method_not_allowed().into());
         }
-        let raw = RawQuery::parse(req.uri().query())?;
+        let raw = RawQuery::parse(req.uri.query())?;
         if let Some(r) = facts.record.as_mut() {
             r.named_room(&raw);
         }
-        let (cred, identity) = self.admit(req, &raw, ctx, true, facts).await?;
+        let (cred, identity) = self.admit(&req.headers, &raw, ctx, true, facts).await?;
         // 9.2: after permission and setting (a caller without them learns nothing), before
         // the per-user budget and the parameters.
         let policy = &self.config.policy;
         let reason = rules::reason(
-            req.headers(),
+            &req.headers,
             policy.require_reason,
             self.reason_pattern.as_ref(),
         )?;
@@ -146,12 +149,14 @@ impl DmHistory {
         let taken = self
             .rooms_window(&identity, &query.room_id, ctx, facts)
             .await?;
-        let answer = self.answer(req, &identity, &cred, &query, ctx, facts).await;
-        let read = matches!(&answer, Ok(r) if r.status() == http::StatusCode::OK);
+        let answer = self
+            .answer(&req.headers, &identity, &cred, &query, ctx, facts)
+            .await;
+        let read = matches!(&answer, Ok(f) if f.status == http::StatusCode::OK);
         if taken && !read {
             self.give_back(&identity.user_id, &query.room_id).await;
         }
-        answer
+        Ok(answer?)
     }
 
     /// `max_rooms_per_actor` (9.4): admits the read of `room_id` into the actor's window or
@@ -234,7 +239,7 @@ impl DmHistory {
         &self,
         room_id: &str,
         identity: &Identity,
-        cred: &Credential,
+        cred: &Credential<'_>,
         ctx: &RequestCtx,
         unverified: bool,
         facts: &mut EndpointFacts,
@@ -281,7 +286,7 @@ impl DmHistory {
     async fn members_of(
         &self,
         room_id: &str,
-        cred: &Credential,
+        cred: &Credential<'_>,
         ctx: &RequestCtx,
     ) -> Option<Vec<crate::audit::Person>> {
         match self.members.get(room_id, &self.upstream, cred, ctx).await {
@@ -294,7 +299,7 @@ impl DmHistory {
     }
 
     /// Spends from a budget; a refusal is the 429.
-    fn spend(&self, decision: Option<Decision>, facts: &mut EndpointFacts) -> Result<(), ApiError> {
+    fn spend(&self, decision: Option<Decision>, facts: &mut EndpointFacts) -> Result<(), Stop> {
         let Some(d) = decision else { return Ok(()) };
         if d.allowed {
             facts.rate = Some(d);
@@ -305,13 +310,13 @@ impl DmHistory {
             BudgetKind::PerUser => &self.metrics.counters().ratelimit_rejected_user,
         };
         counter.fetch_add(1, Relaxed);
-        Err(d.refusal())
+        Err(Stop::Limited(d))
     }
 
     /// Step 1: who is calling (fails closed when `/me` cannot be asked).
     async fn identify(
         &self,
-        cred: &Credential,
+        cred: &Credential<'_>,
         ctx: &RequestCtx,
     ) -> Result<Arc<Identity>, ApiError> {
         match self.identities.verify(cred, &self.upstream, ctx).await {
@@ -327,7 +332,7 @@ impl DmHistory {
     async fn holds_permission(
         &self,
         identity: &Identity,
-        cred: &Credential,
+        cred: &Credential<'_>,
         ctx: &RequestCtx,
     ) -> Result<bool, ApiError> {
         let roles = self
@@ -341,16 +346,16 @@ impl DmHistory {
     /// The checks the endpoint and the guarded related endpoints share, in order: the per-IP
     /// budget (before identity, so made-up tokens cannot flood `/me`), the credential and who
     /// it is, then permission and setting.
-    async fn admit(
+    async fn admit<'r>(
         &self,
-        req: &Request<Incoming>,
-        raw: &RawQuery,
+        headers: &'r HeaderMap,
+        raw: &'r RawQuery<'_>,
         ctx: &RequestCtx,
         authorize: bool,
         facts: &mut EndpointFacts,
-    ) -> Result<(Credential, Arc<Identity>), ApiError> {
+    ) -> Result<(Credential<'r>, Arc<Identity>), Stop> {
         self.spend(self.limits.check_ip(ctx.client_ip).await?, facts)?;
-        let cred = Credential::from_request(req.headers(), raw.access_token()?)
+        let cred = Credential::from_request(headers, raw.access_token()?)
             .ok_or_else(|| ApiError::not_logged_in(self.config.policy.error_style))?;
         let identity = self.identify(&cred, ctx).await?;
         facts.identified(&identity);
@@ -366,7 +371,7 @@ impl DmHistory {
     async fn authorize(
         &self,
         identity: &Identity,
-        cred: &Credential,
+        cred: &Credential<'_>,
         ctx: &RequestCtx,
     ) -> Result<(), ApiError> {
         policy::check_in_order(self.config.policy.error_style, |check| async move {
@@ -405,7 +410,10 @@ impl DmHistory {
         // (9.3): then the caller is identified (no credential is the 401) but Rocket.Chat
         // keeps its own say on permission and setting.
         let guarding = self.config.policy.guard_related_endpoints;
-        let (cred, identity) = self.admit(req, &raw, ctx, guarding, facts).await?;
+        let (cred, identity) = self
+            .admit(req.headers(), &raw, ctx, guarding, facts)
+            .await
+            .map_err(Stop::into_error)?;
         if let Some(r) = facts.record.as_mut() {
             r.forwarded(&raw);
         }
@@ -415,7 +423,11 @@ impl DmHistory {
             Guarded::Counters if self.config.policy.any_protected() => {
                 // Older Rocket.Chat counters handlers resolve `username` to the DM with that
                 // user, which no roomId check can see: refused while rooms are protected.
-                if raw.pairs().iter().any(|(k, _)| qs_base(k) == "username") {
+                if raw
+                    .pairs()
+                    .iter()
+                    .any(|Pair(k, _)| qs_base(k) == "username")
+                {
                     return Err(ApiError::invalid_param(
                         "username",
                         "is not accepted while protected conversations are configured; name the room with roomId",
@@ -427,8 +439,8 @@ impl DmHistory {
                 let mut rooms: Vec<&str> = raw
                     .pairs()
                     .iter()
-                    .filter(|(k, v)| qs_base(k) == "roomId" && !v.trim().is_empty())
-                    .map(|(_, v)| v.as_str())
+                    .filter(|Pair(k, v)| qs_base(k) == "roomId" && !v.trim().is_empty())
+                    .map(|Pair(_, v)| v.as_ref())
                     .collect();
                 rooms.dedup();
                 for id in rooms {
@@ -453,9 +465,33 @@ impl DmHistory {
     }
 }
 
+/// Why the pipeline stopped before an answer: an error answer, or a spent budget (whose 429
+/// the endpoint sends prebuilt: `ratelimit::refusal`).
+#[derive(Debug)]
+enum Stop {
+    Refused(ApiError),
+    Limited(Decision),
+}
+
+impl From<ApiError> for Stop {
+    fn from(e: ApiError) -> Self {
+        Stop::Refused(e)
+    }
+}
+
+impl Stop {
+    /// As an [`ApiError`] (the guarded endpoints' road, which answers and records those).
+    fn into_error(self) -> ApiError {
+        match self {
+            Stop::Refused(e) => e,
+            Stop::Limited(d) => d.refusal(),
+        }
+    }
+}
+
 /// What one request learned on its way through the pipeline.
 struct EndpointFacts {
-    user_id: Option<String>,
+    user_id: Option<Arc<str>>,
     cache: Outcome,
     rate: Option<Decision>,
     /// What its audit record will say (only with the trail on).
@@ -490,12 +526,22 @@ pub async fn handle(
     ctx: &RequestCtx,
     audit: Option<&AuditTrail>,
 ) -> Response<ProxyBody> {
-    let record = audit.map(|_| RecordFacts::new(Endpoint::MessagesOthers, req.uri().path()));
+    // The body (none: GET or HEAD) stays unread and is dropped at the end, as before.
+    let (head_parts, _body) = req.into_parts();
+    let record = audit.map(|_| RecordFacts::new(Endpoint::MessagesOthers, head_parts.uri.path()));
     let mut facts = EndpointFacts::new(record);
-    let head = req.method() == Method::HEAD;
-    let (decision, resp) = match endpoint.pipeline(&req, ctx, &mut facts).await {
-        Ok(r) => (AuditDecision::Allow, r),
-        Err(e) => (AuditDecision::Refuse, respond::error(&e)),
+    let head = head_parts.method == Method::HEAD;
+    let outcome = endpoint.pipeline(&head_parts, ctx, &mut facts).await;
+    // The answer is built on the request's own header map: hyper recycles the answer's map
+    // for the next request on the connection, so neither costs a new one.
+    let spare = head_parts.headers;
+    let (decision, resp) = match outcome {
+        Ok(f) => (AuditDecision::Allow, answer::response(f, spare)),
+        Err(Stop::Refused(e)) => (AuditDecision::Refuse, respond::error_with(&e, spare)),
+        Err(Stop::Limited(d)) => (
+            AuditDecision::Refuse,
+            crate::ratelimit::refusal::response(&d, spare),
+        ),
     };
     let record = facts.record.take();
     let cache = CacheStatus::from_label(facts.cache.label()).unwrap_or(CacheStatus::Bypass);
@@ -540,7 +586,7 @@ impl DmHistory {
         let mut facts = EndpointFacts::new(record);
         let checked = self.guard_check(req, ctx, which, &mut facts).await;
         let log = AccessLogFacts {
-            user_id: facts.user_id,
+            user_id: facts.user_id.map(|u| u.to_string()),
             cache: None,
         };
         let head = req.method() == Method::HEAD;

@@ -22,13 +22,17 @@ pub struct PermissionRoles {
     /// The configured list (`roles = [...]`), built once; `None` means "from the upstream".
     fixed: Option<Arc<Vec<String>>>,
     permission: String,
-    service: Option<Credential>,
+    service: Option<Credential<'static>>,
     cache: Cache<(), Arc<Vec<String>>>,
     metrics: Metrics,
 }
 
 impl PermissionRoles {
-    pub fn new(policy: &PolicyConfig, service: Option<Credential>, metrics: Metrics) -> Self {
+    pub fn new(
+        policy: &PolicyConfig,
+        service: Option<Credential<'static>>,
+        metrics: Metrics,
+    ) -> Self {
         PermissionRoles {
             fixed: match &policy.roles {
                 RolesSource::List(l) => Some(Arc::new(l.clone())),
@@ -50,7 +54,7 @@ impl PermissionRoles {
     pub async fn get(
         &self,
         upstream: &Upstream,
-        caller: &Credential,
+        caller: &Credential<'_>,
         ctx: &RequestCtx,
     ) -> Result<Arc<Vec<String>>, LookupError> {
         if let Some(fixed) = &self.fixed {

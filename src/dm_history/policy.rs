@@ -3,6 +3,7 @@
 //! own error, in the order the configured `error_style` checks them (spec/shim.md §3).
 
 use std::future::Future;
+use std::sync::Arc;
 
 use futures_util::FutureExt;
 
@@ -12,7 +13,9 @@ use crate::error::ApiError;
 /// A verified caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    pub user_id: String,
+    /// Shared, not copied, by what keeps it per request (the per-user budget's key, the
+    /// access log's facts).
+    pub user_id: Arc<str>,
     pub username: String,
     /// Global roles (`users.roles`): the only ones that count for this global permission.
     pub roles: Vec<String>,

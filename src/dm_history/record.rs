@@ -23,7 +23,7 @@ use http::{Response, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Map, Value};
 
-use super::params::{CanonicalQuery, RawQuery, MAX_ROOM_ID_CHARS};
+use super::params::{CanonicalQuery, Pair, RawQuery, MAX_ROOM_ID_CHARS};
 use super::policy::Identity;
 use crate::audit::{
     Alias, AuditTrail, CacheStatus, Decision, Endpoint, Event, Person, Room, UNAVAILABLE_BODY,
@@ -69,7 +69,7 @@ impl RecordFacts {
     /// The caller, once identified.
     pub fn identified(&mut self, identity: &Identity) {
         self.actor = Some(Person {
-            id: identity.user_id.clone(),
+            id: identity.user_id.to_string(),
             username: identity.username.clone(),
         });
     }
@@ -79,8 +79,8 @@ impl RecordFacts {
     /// length and character limits, so that a record never carries a value the endpoint would
     /// not have accepted); members unknown yet.
     pub fn named_room(&mut self, raw: &RawQuery) {
-        let mut values = raw.pairs().iter().filter(|(k, _)| k == "roomId");
-        let (Some((_, id)), None) = (values.next(), values.next()) else {
+        let mut values = raw.pairs().iter().filter(|Pair(k, _)| k == "roomId");
+        let (Some(Pair(_, id)), None) = (values.next(), values.next()) else {
             return;
         };
         if !id.trim().is_empty()
@@ -88,7 +88,7 @@ impl RecordFacts {
             && !id.chars().any(char::is_control)
         {
             self.room = Some(Room {
-                id: id.clone(),
+                id: id.to_string(),
                 members: None,
             });
         }
@@ -124,20 +124,20 @@ impl RecordFacts {
     /// repeated key as an array), without `access_token`.
     pub fn forwarded(&mut self, raw: &RawQuery) {
         let mut m = Map::new();
-        for (k, v) in raw.pairs() {
+        for Pair(k, v) in raw.pairs() {
             if k == "access_token" {
                 continue;
             }
-            match m.get_mut(k) {
+            match m.get_mut(k.as_ref()) {
                 None => {
-                    m.insert(k.clone(), Value::String(v.clone()));
+                    m.insert(k.to_string(), Value::String(v.to_string()));
                 }
-                Some(Value::Array(a)) => a.push(Value::String(v.clone())),
+                Some(Value::Array(a)) => a.push(Value::String(v.to_string())),
                 Some(first) => {
                     let first = first.take();
                     m.insert(
-                        k.clone(),
-                        Value::Array(vec![first, Value::String(v.clone())]),
+                        k.to_string(),
+                        Value::Array(vec![first, Value::String(v.to_string())]),
                     );
                 }
             }

@@ -6,6 +6,7 @@
 //! Idle keys are forgotten by a background sweep, so memory stays bounded however many
 //! distinct keys appear.
 
+use std::fmt::Display;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -28,9 +29,11 @@ pub static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-
 
 use crate::config::{Budget, OnFailure, RateLimitBackend, RateLimitConfig};
 use crate::error::ApiError;
+use crate::header_values::{self, Slot};
 use crate::metrics::Metrics;
 
 pub mod redis;
+pub mod refusal;
 use self::redis::RedisLimiter;
 
 /// BudgetKind budget decided.
@@ -55,7 +58,8 @@ pub struct Decision {
 
 impl Decision {
     /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset` (Unix milliseconds,
-    /// as Rocket.Chat sends it).
+    /// as Rocket.Chat sends it). The values come from [`header_values`]: no allocation in the
+    /// steady state (they are on every answer of the endpoint).
     pub fn headers(&self) -> [(HeaderName, HeaderValue); 3] {
         let reset_ms = SystemTime::now()
             .checked_add(self.reset_after)
@@ -64,12 +68,18 @@ impl Decision {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         [
-            (X_RATELIMIT_LIMIT.clone(), HeaderValue::from(self.limit)),
+            (
+                X_RATELIMIT_LIMIT.clone(),
+                header_values::number(Slot::Limit, self.limit.into()),
+            ),
             (
                 X_RATELIMIT_REMAINING.clone(),
-                HeaderValue::from(self.remaining),
+                header_values::number(Slot::Remaining, self.remaining.into()),
             ),
-            (X_RATELIMIT_RESET.clone(), HeaderValue::from(reset_ms)),
+            (
+                X_RATELIMIT_RESET.clone(),
+                header_values::number(Slot::Reset, reset_ms),
+            ),
         ]
     }
 
@@ -79,14 +89,15 @@ impl Decision {
         ms.div_ceil(1000).max(1)
     }
 
-    /// The 429 answer: Rocket.Chat's body, the three headers and `Retry-After`.
+    /// The 429 answer: Rocket.Chat's body, the three headers and `Retry-After`. (The
+    /// endpoint's own road sends the same answer prebuilt: [`refusal::response`].)
     pub fn refusal(&self) -> ApiError {
         let secs = self.wait_secs();
         let mut e = ApiError::too_many_requests(secs);
         for (n, v) in self.headers() {
             e = e.with_header(n, v);
         }
-        e.with_header(RETRY_AFTER, HeaderValue::from(secs))
+        e.with_header(RETRY_AFTER, header_values::number(Slot::RetryAfter, secs))
     }
 }
 
@@ -189,7 +200,8 @@ fn spawn_sweeper<K: Hash + Eq + Clone + Send + Sync + 'static>(
 /// Redis backend the local budgets stay as the fallback of `on_failure = "local"`.
 pub struct RateLimits {
     pub per_ip: Option<LocalBudget<IpAddr>>,
-    pub per_user: Option<LocalBudget<String>>,
+    /// Keyed by the user id as the verified identity holds it (no copy per request).
+    pub per_user: Option<LocalBudget<Arc<str>>>,
     budgets: (Budget, Budget),
     redis: Option<Arc<RedisLimiter>>,
     on_failure: OnFailure,
@@ -234,34 +246,34 @@ impl RateLimits {
         let Some(local) = &self.per_ip else {
             return Ok(None);
         };
-        self.decide(BudgetKind::PerIp, &ip.to_string(), self.budgets.0, || {
-            local.check(&ip)
-        })
-        .await
+        self.decide(BudgetKind::PerIp, ip, self.budgets.0, || local.check(&ip))
+            .await
     }
 
     /// Spends from the per-user budget (`Ok(None)` when limits are off).
-    pub async fn check_user(&self, user_id: &str) -> Result<Option<Decision>, ApiError> {
+    pub async fn check_user(&self, user_id: &Arc<str>) -> Result<Option<Decision>, ApiError> {
         let Some(local) = &self.per_user else {
             return Ok(None);
         };
         self.decide(BudgetKind::PerUser, user_id, self.budgets.1, || {
-            local.check(&user_id.to_owned())
+            local.check(user_id)
         })
         .await
     }
 
+    /// Asks Redis when it is the backend, else (or as its fallback) the local budget. The key
+    /// is spelled out only for Redis: the local budgets take it as it is.
     async fn decide(
         &self,
         which: BudgetKind,
-        key: &str,
+        key: impl Display,
         budget: Budget,
         local: impl FnOnce() -> Decision,
     ) -> Result<Option<Decision>, ApiError> {
         let Some(redis) = &self.redis else {
             return Ok(Some(local()));
         };
-        match redis.check(which, key, budget).await {
+        match redis.check(which, &key.to_string(), budget).await {
             Ok(d) => Ok(Some(d)),
             Err(_) => match self.on_failure {
                 OnFailure::Local => {

@@ -22,6 +22,8 @@
 mod filter;
 mod raw;
 
+use std::fmt::Write as _;
+
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::Value;
 
@@ -29,7 +31,7 @@ use crate::config::{ParamsConfig, QueryAndFields};
 use crate::error::ApiError;
 use filter::{fields, parse_object, query};
 use raw::shorten;
-pub use raw::RawQuery;
+pub use raw::{Pair, RawQuery};
 
 /// Longest query string accepted, in bytes.
 pub const MAX_QUERY_BYTES: usize = 16 * 1024;
@@ -137,11 +139,23 @@ impl CanonicalQuery {
         self.build(false)
     }
 
+    /// Appends [`cache_key`](Self::cache_key) to `out` (a cache lookup spells its key in a
+    /// buffer it keeps, without allocating).
+    pub fn write_cache_key(&self, out: &mut String) {
+        self.write(out, false);
+    }
+
     fn build(&self, with_token: bool) -> String {
         let mut out = String::with_capacity(64 + self.room_id.len());
-        push_pair(&mut out, "roomId", &self.room_id);
-        push_pair(&mut out, "offset", &self.offset.to_string());
-        push_pair(&mut out, "count", &self.count.to_string());
+        self.write(&mut out, with_token);
+        out
+    }
+
+    /// `roomId` first, then every other pair after a `&`.
+    fn write(&self, out: &mut String, with_token: bool) {
+        push_value(out, "roomId", &self.room_id);
+        // Digits need no escaping: written as they are, with no string of their own.
+        let _ = write!(out, "&offset={}&count={}", self.offset, self.count);
         let optional = [
             ("sort", &self.sort),
             ("query", &self.query),
@@ -149,15 +163,16 @@ impl CanonicalQuery {
         ];
         for (name, value) in optional {
             if let Some(v) = value {
-                push_pair(&mut out, name, v);
+                out.push('&');
+                push_value(out, name, v);
             }
         }
         if with_token {
             if let Some(t) = &self.access_token {
-                push_pair(&mut out, "access_token", t);
+                out.push('&');
+                push_value(out, "access_token", t);
             }
         }
-        out
     }
 }
 
@@ -166,11 +181,8 @@ pub fn encode_component(s: &str) -> String {
     utf8_percent_encode(s, ENCODE).to_string()
 }
 
-/// Appends `&name=value` (without the `&` at the start), the value percent-encoded.
-fn push_pair(out: &mut String, name: &str, value: &str) {
-    if !out.is_empty() {
-        out.push('&');
-    }
+/// Appends `name=value`, the value percent-encoded.
+fn push_value(out: &mut String, name: &str, value: &str) {
     out.push_str(name);
     out.push('=');
     out.extend(utf8_percent_encode(value, ENCODE));

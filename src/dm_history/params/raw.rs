@@ -26,19 +26,30 @@ const KNOWN: [&str; 7] = [
 /// The query string split into decoded `(key, value)` pairs, in order.
 ///
 /// Keys and values are percent-decoded and `+` is a space, as `qs` does; empty pieces
-/// (`a=1&&b=2`) are skipped and a piece without `=` has an empty value.
+/// (`a=1&&b=2`) are skipped and a piece without `=` has an empty value. A key or value with
+/// nothing to decode is borrowed from the query string, not copied.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct RawQuery {
-    pairs: Vec<(String, String)>,
+pub struct RawQuery<'a> {
+    pairs: Vec<Pair<'a>>,
 }
 
-impl RawQuery {
+/// One decoded `(key, value)` pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pair<'a>(pub Cow<'a, str>, pub Cow<'a, str>);
+
+impl PartialEq<(String, String)> for Pair<'_> {
+    fn eq(&self, other: &(String, String)) -> bool {
+        self.0 == other.0.as_str() && self.1 == other.1.as_str()
+    }
+}
+
+impl<'a> RawQuery<'a> {
     /// Parses the raw query string (without the `?`).
     ///
     /// Refused with a 400 `error-invalid-params`: more than [`MAX_QUERY_BYTES`] bytes or
     /// [`MAX_PAIRS`] pairs, a `%` not followed by two hex digits, or bytes that are not UTF-8
     /// once decoded. The error names the parameter when its name could be decoded.
-    pub fn parse(raw: Option<&str>) -> Result<RawQuery, ApiError> {
+    pub fn parse(raw: Option<&'a str>) -> Result<RawQuery<'a>, ApiError> {
         let raw = raw.unwrap_or("");
         if raw.len() > MAX_QUERY_BYTES {
             return Err(ApiError::invalid_params(&format!(
@@ -62,13 +73,13 @@ impl RawQuery {
             let value = decode_component(raw_value).map_err(|why| {
                 ApiError::invalid_param(&shorten(&key), &format!("{} in its value", why.describe()))
             })?;
-            pairs.push((key, value));
+            pairs.push(Pair(key, value));
         }
         Ok(RawQuery { pairs })
     }
 
     /// The decoded pairs, in the order given.
-    pub fn pairs(&self) -> &[(String, String)] {
+    pub fn pairs(&self) -> &[Pair<'a>] {
         &self.pairs
     }
 
@@ -82,12 +93,12 @@ impl RawQuery {
     /// brackets (`name[]`, `name[$ne]`, `[name]`), is refused naming the parameter.
     pub(super) fn single(&self, name: &str) -> Result<Option<&str>, ApiError> {
         let mut found = None;
-        for (key, value) in &self.pairs {
+        for Pair(key, value) in &self.pairs {
             if key == name {
                 if found.is_some() {
                     return Err(ApiError::invalid_param(name, "must be given only once"));
                 }
-                found = Some(value.as_str());
+                found = Some(value.as_ref());
             } else if bracket_base(key) == Some(name) {
                 return Err(ApiError::invalid_param(
                     name,
@@ -102,7 +113,7 @@ impl RawQuery {
     pub(super) fn mentions(&self, name: &str) -> bool {
         self.pairs
             .iter()
-            .any(|(key, _)| key == name || bracket_base(key) == Some(name))
+            .any(|Pair(key, _)| key == name || bracket_base(key) == Some(name))
     }
 }
 
@@ -138,9 +149,9 @@ impl DecodeError {
 ///
 /// Stricter than `percent_encoding` (which passes a stray `%` through): every `%` must start
 /// an escape, because `qs` and the shim must not read one component two ways.
-fn decode_component(s: &str) -> Result<String, DecodeError> {
+fn decode_component(s: &str) -> Result<Cow<'_, str>, DecodeError> {
     if !s.contains(['%', '+']) {
-        return Ok(s.to_owned());
+        return Ok(Cow::Borrowed(s));
     }
     let bytes = s.as_bytes();
     let stray = bytes.iter().enumerate().any(|(i, &b)| {
@@ -158,7 +169,7 @@ fn decode_component(s: &str) -> Result<String, DecodeError> {
     };
     percent_decode_str(&spaced)
         .decode_utf8()
-        .map(Cow::into_owned)
+        .map(|d| Cow::Owned(d.into_owned()))
         .map_err(|_| DecodeError::NotUtf8)
 }
 

@@ -117,7 +117,9 @@ fn raw_limits() {
 
 #[test]
 fn access_token() {
-    let t = |q: &str| RawQuery::parse(Some(q)).expect("parses");
+    fn t(q: &str) -> RawQuery<'_> {
+        RawQuery::parse(Some(q)).expect("parses")
+    }
     assert_eq!(t("roomId=R").access_token().expect("ok"), None);
     assert_eq!(
         t("access_token=abc").access_token().expect("ok"),
