@@ -759,33 +759,31 @@ def check_refusals(b, scenario, c):
         b.fail(scenario, c.name, f"expected 429 after the burst, got {codes}")
 
 
+def refusal_rounds(b, scenario, title, nginx_limits, shim_limits, metric, extra_key):
+    """A 429 scenario: both proxies must refuse after the burst, then every answer is a 429."""
+    print(f"\n== {title}", flush=True)
+    b.standin.restart()
+    ng, ngp = b.nginx(b.standin.port, **nginx_limits)
+    sh, shp = b.shim(b.standin.port, **shim_limits)
+    for c in (ng, sh):
+        check_refusals(b, scenario, c)
+    before = b.metrics(sh.admin).get(metric, 0)
+    http_rounds(b, scenario, [ng, sh], ENDPOINT, ADMIN_HEADERS, expect="429")
+    after = b.metrics(sh.admin).get(metric, 0)
+    b.extra[extra_key] = after - before
+    b.stop(ngp, shp)
+
+
 def s6_ratelimit(b):
     # The target row: the per-IP budget, which refuses before identity (no /me, no policy), as
     # nginx's limit_req keyed by the client address does. Same request as scenario 4.
-    print("\n== 6 per-IP 429: shim per_ip vs nginx limit_req $binary_remote_addr (10 r/m, burst 10)", flush=True)
-    b.standin.restart()
-    ng, ngp = b.nginx(b.standin.port, ip_limit=("10r/m", 10))
-    sh, shp = b.shim(b.standin.port, ip_n=10, ip_per="1m")
-    for c in (ng, sh):
-        check_refusals(b, "6", c)
-    before = b.metrics(sh.admin).get("rcshim_ratelimit_rejected_ip_total", 0)
-    http_rounds(b, "6", [ng, sh], ENDPOINT, ADMIN_HEADERS, expect="429")
-    after = b.metrics(sh.admin).get("rcshim_ratelimit_rejected_ip_total", 0)
-    b.extra["6_shim_rejected_ip"] = after - before
-    b.stop(ngp, shp)
-
+    refusal_rounds(b, "6", "6 per-IP 429: shim per_ip vs nginx limit_req $binary_remote_addr (10 r/m, burst 10)",
+                   dict(ip_limit=("10r/m", 10)), dict(ip_n=10, ip_per="1m"),
+                   "rcshim_ratelimit_rejected_ip_total", "6_shim_rejected_ip")
     # Informative, as measured before issue 15: the per-user budget, after identity and policy.
-    print("\n== 6 per-user 429: shim per_user vs nginx limit_req $http_x_user_id (10 r/m, burst 10)", flush=True)
-    b.standin.restart()
-    ng, ngp = b.nginx(b.standin.port, rate="10r/m", burst=10)
-    sh, shp = b.shim(b.standin.port, user_n=10, user_per="1m")
-    for c in (ng, sh):
-        check_refusals(b, "6user", c)
-    before = b.metrics(sh.admin).get("rcshim_ratelimit_rejected_user_total", 0)
-    http_rounds(b, "6user", [ng, sh], ENDPOINT, ADMIN_HEADERS, expect="429")
-    after = b.metrics(sh.admin).get("rcshim_ratelimit_rejected_user_total", 0)
-    b.extra["6_shim_rejected"] = after - before
-    b.stop(ngp, shp)
+    refusal_rounds(b, "6user", "6 per-user 429: shim per_user vs nginx limit_req $http_x_user_id (10 r/m, burst 10)",
+                   dict(rate="10r/m", burst=10), dict(user_n=10, user_per="1m"),
+                   "rcshim_ratelimit_rejected_user_total", "6_shim_rejected")
 
 
 def s2_large(b):
