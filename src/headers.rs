@@ -265,9 +265,10 @@ fn new_request_id() -> HeaderValue {
     })
 }
 
-/// Request ids are cut from a per-thread block of this size (128 ids): one allocation per
-/// block, not one per request (the block lives while any id cut from it does).
-const ID_CHUNK_BYTES: usize = 4096;
+/// Request ids are cut from a per-thread block of this size (32 ids): one allocation per
+/// block, not one per request. The block lives while any id cut from it does (a tunnel keeps
+/// its id), so it is kept small: at worst 1 KiB held by one long-lived id.
+const ID_CHUNK_BYTES: usize = 1024;
 
 thread_local! {
     static ID_CHUNK: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());

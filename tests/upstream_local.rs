@@ -295,3 +295,42 @@ async fn idle_kept_connections_give_their_place_back_at_the_cap() {
     let open = up.open.load(Ordering::SeqCst);
     assert!(open <= 4, "{open} upstream connections open, cap 4");
 }
+
+#[tokio::test]
+async fn a_connect_waiting_at_the_cap_gets_a_kept_connection_that_goes_idle() {
+    let up = Upstream::start("a").await;
+    let mut config = base_config(&up.url());
+    config.upstream.max_connections = 1;
+    config.upstream.connect_timeout = Duration::from_secs(2);
+    let shim = server::start(config).await.expect("start");
+    // A holds the only connection while its 800 ms answer streams; B asks meanwhile and must
+    // be served once A's connection is idle, not refused after connect_timeout.
+    let mut a = Client::connect(shim.addr).await;
+    let slow = tokio::spawn(async move {
+        let r = a.get("/slow").await;
+        (a, r)
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut b = Client::connect(shim.addr).await;
+    let t = Instant::now();
+    let (status, body) = b.get("/x").await;
+    assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "a"));
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "waited {:?}",
+        t.elapsed()
+    );
+    let (_a, (status, _)) = slow.await.expect("a");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+}
+
+#[tokio::test]
+async fn a_pool_idle_timeout_too_large_to_add_is_served() {
+    let up = Upstream::start("a").await;
+    let mut config = base_config(&up.url());
+    config.upstream.pool_idle_timeout = Duration::from_secs(u64::MAX / 2);
+    let shim = server::start(config).await.expect("start");
+    let mut c = Client::connect(shim.addr).await;
+    assert_eq!(c.get("/x").await.1, "a");
+    assert_eq!(c.get("/x").await.1, "a");
+}

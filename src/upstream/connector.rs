@@ -133,14 +133,10 @@ impl tower_service::Service<Uri> for CappedConnector {
         Box::pin(async move {
             let permit = match permits.clone().try_acquire_owned() {
                 Ok(p) => p,
-                Err(_) => {
-                    // At the cap: an idle kept connection gives its permit back first.
-                    idle.reclaim_one();
-                    match tokio::time::timeout(wait, permits.acquire_owned()).await {
-                        Ok(Ok(p)) => p,
-                        _ => return Err(Box::new(Busy) as Self::Error),
-                    }
-                }
+                Err(_) => match at_the_cap(&permits, &idle, wait).await {
+                    Some(p) => p,
+                    None => return Err(Box::new(Busy) as Self::Error),
+                },
             };
             let io = inner
                 .call(uri)
@@ -153,6 +149,33 @@ impl tower_service::Service<Uri> for CappedConnector {
                 abort: Abort::default(),
             })
         })
+    }
+}
+
+/// How often a connect waiting at the cap looks again for a kept connection gone idle (a
+/// kept connection does not announce that it went idle: it only frees its permit when closed).
+const RECLAIM_EVERY: Duration = Duration::from_millis(5);
+
+/// Waits up to `wait` for a permit at the cap: an idle kept connection gives its permit back
+/// first, and the kept connections are looked at again every [`RECLAIM_EVERY`] while waiting
+/// (one that goes idle meanwhile is taken, as the pool hands a waiter the next connection that
+/// comes back). `None`: every connection stayed busy.
+async fn at_the_cap(
+    permits: &Arc<Semaphore>,
+    idle: &IdleRegistry,
+    wait: Duration,
+) -> Option<OwnedSemaphorePermit> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        idle.reclaim_one();
+        let next = (tokio::time::Instant::now() + RECLAIM_EVERY).min(deadline);
+        tokio::select! {
+            p = permits.clone().acquire_owned() => return p.ok(),
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return permits.clone().try_acquire_owned().ok();
+        }
     }
 }
 

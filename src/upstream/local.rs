@@ -245,8 +245,12 @@ impl LocalUpstream {
             conn,
             abort,
         } = upstream.connect_own().await?;
-        // Never zero: the lazy timer re-arms itself from it.
-        let idle_timeout = upstream.pool_idle_timeout().max(Duration::from_millis(1));
+        // Never zero (the lazy timer re-arms itself from it), and never so large that adding
+        // it to an instant overflows (a year is "never" for an idle connection).
+        let idle_timeout = upstream.pool_idle_timeout().clamp(
+            Duration::from_millis(1),
+            Duration::from_secs(365 * 24 * 3600),
+        );
         let now = Instant::now();
         let list = self.lock().listed_in != Some(upstream.id());
         if list {
