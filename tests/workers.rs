@@ -16,7 +16,8 @@ use common::*;
 use rocketchat_standin::Standin;
 
 /// Starts the binary with `--workers 2` and the accept debug line on; returns the child, the
-/// client address, the admin address and the later stdout lines.
+/// client address, the admin address and the later stdout lines. The caller waits for it.
+#[allow(clippy::zombie_processes)]
 fn spawn_two_workers(config: &std::path::Path) -> (Child, SocketAddr, String, Receiver<String>) {
     let mut child = Command::new(BIN)
         .arg("--config")

@@ -359,7 +359,7 @@ async fn accept_loop(listener: TcpListener, shared: &Shared, worker: usize) {
         // The PROXY header, the TLS handshake and the first head share this one deadline.
         let deadline = tokio::time::Instant::now() + head_timeout;
         let flags = Arc::new(ConnFlags::new(head_timeout, idle_timeout));
-        let door = front_door(&app);
+        let door = front_door(app);
         let conn_app = app.clone();
         let builder = builder.clone();
         let shutdown = shutdown.clone();
