@@ -26,7 +26,9 @@ struct Cli {
     /// The config file (default: config.toml in the working directory).
     #[arg(long, global = true, env = "ROCKETCHAT_SHIM_CONFIG")]
     config: Option<PathBuf>,
-    /// Runtime worker threads (default: one per core; 1 runs a current-thread runtime).
+    /// Workers (default: the CPUs the process may run on). On Linux each worker is a thread
+    /// with its own current-thread runtime and its own SO_REUSEPORT listener; elsewhere, the
+    /// worker threads of one multi-thread runtime (1: a current-thread runtime).
     #[arg(long, global = true)]
     workers: Option<usize>,
     #[command(subcommand)]
@@ -99,8 +101,19 @@ fn main() -> ExitCode {
                 }
             };
             init_tracing("info");
-            match runtime(cli.workers) {
-                Ok(rt) => rt.block_on(run(config, path)),
+            let workers = cli
+                .workers
+                .filter(|&n| n > 0)
+                .unwrap_or_else(default_workers);
+            // Per-worker listeners: the main runtime is worker 0's (current-thread), the
+            // others start their own (`server::start_workers`).
+            let shape = if server::PER_WORKER_LISTENERS {
+                Some(1)
+            } else {
+                Some(workers)
+            };
+            match runtime(shape) {
+                Ok(rt) => rt.block_on(run(config, path, workers)),
                 Err(c) => c,
             }
         }
@@ -126,6 +139,14 @@ fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, ExitCode> 
     })
 }
 
+/// One worker per CPU the process may run on (its affinity mask, cgroup quota), as nginx's
+/// `worker_processes auto`.
+fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
 /// JSON lines on stdout, filtered by `RUST_LOG` (default `default`).
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -139,8 +160,13 @@ fn init_tracing(default: &str) {
         .init();
 }
 
-async fn run(config: Config, path: PathBuf) -> ExitCode {
-    let running = match server::start(config).await {
+async fn run(config: Config, path: PathBuf, workers: usize) -> ExitCode {
+    let started = if server::PER_WORKER_LISTENERS {
+        server::start_workers(config, workers).await
+    } else {
+        server::start(config).await
+    };
+    let running = match started {
         Ok(r) => r,
         Err(e @ server::StartError::Setup(_)) => {
             tracing::error!(error = %e, "bad configuration");

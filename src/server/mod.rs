@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod dispatch;
+mod workers;
 
 use crate::audit::{AuditError, AuditTrail};
 use crate::config::Config;
@@ -131,24 +132,44 @@ fn set_cert_expiry(metrics: &Metrics, gen: &Generation) {
         .store(not_after, Ordering::Relaxed);
 }
 
-/// Binds the listeners and starts serving in the background.
+/// Binds the listeners and starts serving in the background, on the caller's runtime.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    start_with(config, 1).await
+}
+
+/// Whether [`start_workers`] can give each worker its own listener (`SO_REUSEPORT` with the
+/// kernel spreading connections over the listeners: Linux). Elsewhere the command runs one
+/// listener on a multi-thread runtime instead.
+pub const PER_WORKER_LISTENERS: bool = cfg!(target_os = "linux");
+
+/// Like [`start`], with `workers` workers in nginx's shape: each its own listener on
+/// `server.listen` (`SO_REUSEPORT`) and its own connections on a current-thread runtime.
+/// Worker 0 runs on the caller's runtime (with the admin listener), workers 1.. each on an OS
+/// thread of their own. One `server.max_connections` for them all, one drain.
+pub async fn start_workers(config: Config, workers: usize) -> Result<Running, StartError> {
+    start_with(config, workers.max(1)).await
+}
+
+async fn start_with(config: Config, workers: usize) -> Result<Running, StartError> {
     raise_nofile_limit();
     let metrics = Metrics::new();
     let listen = config.server.listen;
     let admin_listen = config.admin.listen;
     let gen = build_generation(config, &metrics, None).map_err(StartError::Setup)?;
     set_cert_expiry(&metrics, &gen);
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+    let bind_error = |source| StartError::Bind {
         addr: listen,
         source,
-    })?;
+    };
+    let (listener, others) = if workers > 1 {
+        workers::bind(listen, workers).map_err(bind_error)?
+    } else {
+        (
+            TcpListener::bind(listen).await.map_err(bind_error)?,
+            Vec::new(),
+        )
+    };
+    let addr = listener.local_addr().map_err(bind_error)?;
     let admin_listener = match admin_listen {
         Some(a) => Some(
             TcpListener::bind(a)
@@ -174,7 +195,23 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     if let Some(l) = admin_listener {
         tokio::spawn(crate::admin::serve(l, app.clone()));
     }
-    let done = tokio::spawn(serve(listener, app.clone(), shutdown.clone()));
+    let shared = Shared {
+        app: app.clone(),
+        shutdown: shutdown.clone(),
+        limit: connection_limit(&app),
+        conns: TaskTracker::new(),
+    };
+    let done = if others.is_empty() {
+        tokio::spawn(serve(listener, shared))
+    } else {
+        match workers::spawn(others, &shared) {
+            Ok(pool) => tokio::spawn(pool.serve(listener, shared)),
+            Err(e) => {
+                shutdown.cancel();
+                return Err(StartError::Setup(format!("cannot start the workers: {e}")));
+            }
+        }
+    };
     tracing::info!(
         %addr,
         admin = admin_addr.map(|a| a.to_string()).unwrap_or_default(),
@@ -241,25 +278,52 @@ fn raise_nofile_limit() {
     }
 }
 
-async fn serve(listener: TcpListener, app: Arc<AppState>, shutdown: CancellationToken) {
+/// What every worker's accept loop shares: one connection cap, one drain.
+#[derive(Clone)]
+struct Shared {
+    app: Arc<AppState>,
+    shutdown: CancellationToken,
+    /// `server.max_connections` across all workers.
+    limit: Arc<Semaphore>,
+    /// Every client connection task, whichever worker's runtime it runs on.
+    conns: TaskTracker,
+}
+
+fn connection_limit(app: &AppState) -> Arc<Semaphore> {
+    let max = app.generation().config.server.max_connections;
+    Arc::new(Semaphore::new(
+        max.min(Semaphore::MAX_PERMITS as u64) as usize
+    ))
+}
+
+/// One listener on the caller's runtime: accept until shutdown, then drain.
+async fn serve(listener: TcpListener, shared: Shared) {
+    accept_loop(listener, &shared, 0).await;
+    drain(&shared).await;
+}
+
+/// Accepts client connections on `listener` until shutdown; each connection's task runs on
+/// the runtime this loop runs on (worker `worker`'s).
+async fn accept_loop(listener: TcpListener, shared: &Shared, worker: usize) {
+    let Shared {
+        app,
+        shutdown,
+        limit,
+        conns,
+    } = shared;
     let config = app.generation().config.clone();
     let builder = Arc::new(builder(&config));
     let (head_timeout, idle_timeout) = (
         config.server.header_read_timeout,
         config.server.idle_timeout,
     );
-    let limit = Arc::new(Semaphore::new(
-        config
-            .server
-            .max_connections
-            .min(Semaphore::MAX_PERMITS as u64) as usize,
-    ));
-    let conns = tokio_util::task::TaskTracker::new();
     let mut backoff = AcceptBackoff::new("client");
     loop {
-        // Take a slot before accepting: past the cap, connections wait in the kernel backlog.
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        // Wait for a free slot before accepting: past the cap, connections wait in the kernel
+        // backlog. The slot is not held while waiting on the listener: with several workers, an
+        // idle worker holding one would keep it from a connection on another's listener.
+        tokio::select! {
+            p = limit.acquire() => match p { Ok(p) => drop(p), Err(_) => break },
             _ = shutdown.cancelled() => break,
         };
         let (stream, peer) = tokio::select! {
@@ -278,13 +342,24 @@ async fn serve(listener: TcpListener, app: Arc<AppState>, shutdown: Cancellation
             _ = shutdown.cancelled() => break,
         };
         backoff.succeeded();
+        // Another worker may have taken the slot since (never with one worker): then this
+        // connection waits for the next one, accepted but not served.
+        let permit = match limit.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => tokio::select! {
+                p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = shutdown.cancelled() => break,
+            },
+        };
+        // Which worker took it (tests show the spread over workers with it).
+        tracing::debug!(worker, %peer, "client connection accepted");
         let _ = stream.set_nodelay(true);
         // The slot lives as long as the connection task or a tunnel born from it.
         let slot = ConnSlot::new(permit, &app.metrics);
         // The PROXY header, the TLS handshake and the first head share this one deadline.
         let deadline = tokio::time::Instant::now() + head_timeout;
         let flags = Arc::new(ConnFlags::new(head_timeout, idle_timeout));
-        let door = front_door(&app);
+        let door = front_door(app);
         let conn_app = app.clone();
         let builder = builder.clone();
         let shutdown = shutdown.clone();
@@ -337,6 +412,12 @@ async fn serve(listener: TcpListener, app: Arc<AppState>, shutdown: Cancellation
         });
     }
     drop(listener);
+}
+
+/// After every accept loop stopped: let the connections and tunnels finish (up to
+/// `shutdown_grace`), then close the audit trail, once.
+async fn drain(shared: &Shared) {
+    let Shared { app, conns, .. } = shared;
     let grace = app.generation().config.server.shutdown_grace;
     tracing::info!(?grace, "draining");
     conns.close();
