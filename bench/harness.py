@@ -240,6 +240,7 @@ shutdown_grace = "1s"
 listen = "127.0.0.1:{admin}"
 [upstream]
 url = "http://127.0.0.1:{up}"
+max_connections = {up_max}
 [policy]
 dm_history_endpoint = "enabled"
 roles = ["admin"]
@@ -363,7 +364,7 @@ class Bench:
             time.sleep(0.05)
         raise RuntimeError("nginx worker not found")
 
-    def shim(self, up_port, trusted=False, tls=None, extra="", binary=None, **limits):
+    def shim(self, up_port, trusted=False, tls=None, extra="", binary=None, up_max=1024, **limits):
         """The shim with one worker; `binary` another build of it (the allocation pass)."""
         self.seq += 1
         lim = dict(UNLIMITED)
@@ -376,6 +377,7 @@ class Bench:
             trusted='trusted_proxies = ["127.0.0.0/8"]' if trusted else "",
             tls=f'[server.tls]\ncert_file = "{tls[0]}"\nkey_file = "{tls[1]}"' if tls else "",
             extra=extra,
+            up_max=up_max,
             **lim,
         )
         path = os.path.join(self.tmp, f"shim{self.seq}.toml")
@@ -886,7 +888,9 @@ def s7_websocket(b):
                 # nginx starts closing fresh connections when under 1/16 of its slots are free.
                 c, p = b.nginx(b.standin.port, wc=int(2.2 * n) + 500, nofile=min(hard, 2 * n + 400))
             else:
-                c, p = b.shim(b.standin.port)
+                # Each tunnel holds an upstream connection: the cap (1,024 by default) must not
+                # be what is measured (nginx has none).
+                c, p = b.shim(b.standin.port, up_max=n + 500)
             # One tunnel first, so what is measured is the cost of the next n.
             b.loadgen("ws-echo", "--url", f"ws://127.0.0.1:{c.port}/websocket", "--conns", "1",
                       "--secs", "1", "--warmup-secs", "0")
