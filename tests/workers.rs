@@ -5,9 +5,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
@@ -17,39 +16,11 @@ use rocketchat_standin::Standin;
 
 /// Starts the binary with `--workers 2` and the accept debug line on; returns the child, the
 /// client address, the admin address and the later stdout lines. The caller waits for it.
-#[allow(clippy::zombie_processes)]
+/// The binary with `--workers 2`, logging each accepted connection's worker.
 fn spawn_two_workers(config: &std::path::Path) -> (Child, SocketAddr, String, Receiver<String>) {
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .arg("--workers")
-        .arg("2")
-        .env("RUST_LOG", "info,rocketchat_shim::server=debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn shim");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
-            .expect("listening line");
-        if line.contains("rocketchat-shim listening") {
-            let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
-            let addr = v["addr"].as_str().expect("addr").parse().expect("addr");
-            let admin = v["admin"].as_str().unwrap_or_default().to_owned();
-            return (child, addr, admin, rx);
-        }
-    }
+    let p = spawn_proc_with(config, 2, "info,rocketchat_shim::server=debug");
+    let addr = p.addr.parse().expect("addr");
+    (p.child, addr, p.admin, p.lines)
 }
 
 /// A config file with `server_extra` in `[server]`.

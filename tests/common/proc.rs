@@ -61,16 +61,21 @@ impl Proc {
 
 /// Starts the binary and waits for its "listening" line. The caller owns the child and waits
 /// for it (tests signal it and check its exit code).
-#[allow(clippy::zombie_processes)]
 pub fn spawn_proc(config: &std::path::Path) -> Proc {
+    // One worker: the current-thread runtime the benchmarks use (the Python client tests
+    // run the default).
+    spawn_proc_with(config, 1, "info")
+}
+
+/// [`spawn_proc`] with `--workers workers` and `RUST_LOG=rust_log`.
+#[allow(clippy::zombie_processes)]
+pub fn spawn_proc_with(config: &std::path::Path, workers: usize, rust_log: &str) -> Proc {
     let mut child = Command::new(BIN)
         .arg("--config")
         .arg(config)
-        // One worker: the current-thread runtime the benchmarks use (the Python client tests
-        // run the default multi-thread one).
         .arg("--workers")
-        .arg("1")
-        .env("RUST_LOG", "info")
+        .arg(workers.to_string())
+        .env("RUST_LOG", rust_log)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
