@@ -5,7 +5,7 @@
 //! by `dm_history` and then forwarded here, an ambiguous path refused; then the request id on
 //! every answer, the metrics and the access log.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -73,7 +73,9 @@ pub(super) struct ConnInfo {
     pub(super) proxied: bool,
     /// The upstream connection it keeps for pass-through requests (HTTP/1.x).
     pub(super) local: Arc<LocalUpstream>,
-    /// `peer`'s (canonical) address as a header value.
+    /// `peer`'s canonical address (IPv4-mapped IPv6 as IPv4), and as a header value: both
+    /// made once per connection.
+    pub(super) peer_ip: IpAddr,
     pub(super) peer_value: HeaderValue,
 }
 
@@ -88,6 +90,7 @@ pub(super) async fn dispatch(
         https,
         proxied,
         ref local,
+        peer_ip,
         ref peer_value,
     } = *conn;
     let start = Instant::now();
@@ -98,11 +101,11 @@ pub(super) async fn dispatch(
     // whose forwarding headers would be believed.
     let peer_trusted = !proxied && headers::is_trusted(peer.ip(), trusted);
     let client_ip = if proxied {
-        headers::canonical_ip(peer.ip())
+        peer_ip
     } else {
         headers::client_ip(peer.ip(), req.headers(), trusted)
     };
-    let client_value = if client_ip == headers::canonical_ip(peer.ip()) {
+    let client_value = if client_ip == peer_ip {
         peer_value.clone()
     } else {
         headers::ip_value(client_ip)

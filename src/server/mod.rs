@@ -382,13 +382,15 @@ async fn accept_loop(listener: TcpListener, shared: &Shared, worker: usize) {
             // forwarding headers are not believed, however trusted its address looks).
             let proxied = peer != accepted_from;
             let io = TokioIo::new(Sniffer::new(ReadCap::new(io), flags.clone()));
+            let peer_ip = crate::headers::canonical_ip(peer.ip());
             let info = Arc::new(dispatch::ConnInfo {
                 peer,
                 flags: flags.clone(),
                 https,
                 proxied,
                 local: upstream::local::for_connection(),
-                peer_value: crate::headers::ip_value(crate::headers::canonical_ip(peer.ip())),
+                peer_ip,
+                peer_value: crate::headers::ip_value(peer_ip),
             });
             let local = info.local.clone();
             let drive_app = conn_app.clone();

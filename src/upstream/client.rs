@@ -210,12 +210,7 @@ impl Upstream {
     /// `TCP_NODELAY`, the abort), for a client connection to keep (`local.rs`). Its
     /// `Connection` must be polled by the caller.
     pub(super) async fn connect_own(&self) -> Result<OwnConnection, UpstreamError> {
-        let target = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query("/")
-            .build()
-            .map_err(|e| UpstreamError::Request(e.to_string()))?;
+        let target = self.uri("/")?;
         let mut connector = self.connector.clone();
         let io = connector
             .call(target)

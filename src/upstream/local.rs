@@ -219,8 +219,10 @@ impl LocalUpstream {
         let Some(held) = slot.held.as_mut() else {
             return Ok(None);
         };
+        // One clock read for the idle check and the new `last_used`.
+        let now = Instant::now();
         let fits = held.upstream_id == upstream.id()
-            && held.last_used.elapsed() < held.idle_timeout
+            && now.saturating_duration_since(held.last_used) < held.idle_timeout
             && held.sender.as_ref().is_some_and(|s| !s.is_closed());
         if !fits {
             if held.sender.is_none() && held.upstream_id == upstream.id() {
@@ -229,7 +231,7 @@ impl LocalUpstream {
             slot.held = None;
             return Ok(None);
         }
-        held.last_used = Instant::now();
+        held.last_used = now;
         let serial = held.serial;
         Ok(held.sender.take().map(|sender| Checkout {
             sender,
