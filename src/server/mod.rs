@@ -204,7 +204,7 @@ async fn start_with(config: Config, workers: usize) -> Result<Running, StartErro
     let done = if others.is_empty() {
         tokio::spawn(serve(listener, shared))
     } else {
-        match workers::spawn(others, &shared) {
+        match workers::spawn(others, &shared).await {
             Ok(pool) => tokio::spawn(pool.serve(listener, shared)),
             Err(e) => {
                 shutdown.cancel();

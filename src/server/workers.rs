@@ -82,13 +82,16 @@ pub(super) struct Pool {
 }
 
 /// Starts one thread per listener, each with its own current-thread runtime running an
-/// accept loop on it.
-pub(super) fn spawn(
+/// accept loop on it; returns once every worker has its listener registered and its thread
+/// named, so that "listening" is said only when every worker accepts (and a worker that
+/// cannot register its listener stops the start instead of leaving its share unserved).
+pub(super) async fn spawn(
     listeners: Vec<std::net::TcpListener>,
     shared: &Shared,
 ) -> std::io::Result<Pool> {
     let release = CancellationToken::new();
     let mut stopped = Vec::with_capacity(listeners.len());
+    let mut ready = Vec::with_capacity(listeners.len());
     // Built here, so that a runtime that cannot start stops the start.
     let mut runtimes = Vec::with_capacity(listeners.len());
     for _ in &listeners {
@@ -101,11 +104,24 @@ pub(super) fn spawn(
     for (i, (listener, rt)) in listeners.into_iter().zip(runtimes).enumerate() {
         let worker = i + 1;
         let (done, rx) = oneshot::channel();
+        let (registered, is_ready) = oneshot::channel();
         let shared = shared.clone();
         let release_this = release.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("rcshim-worker-{worker}"))
-            .spawn(move || run(rt, listener, shared, worker, done, release_this));
+            .spawn(move || {
+                run(
+                    rt,
+                    listener,
+                    shared,
+                    Worker {
+                        index: worker,
+                        registered,
+                        done,
+                    },
+                    release_this,
+                )
+            });
         if let Err(e) = spawned {
             // The threads already started stop: their accept loops with the caller's shutdown
             // (`start` cancels it on this error), their runtimes with the release.
@@ -113,8 +129,31 @@ pub(super) fn spawn(
             return Err(e);
         }
         stopped.push(rx);
+        ready.push(is_ready);
+    }
+    for is_ready in ready {
+        // A thread that ended before saying anything panicked: as a failed registration.
+        let said = is_ready.await.unwrap_or_else(|_| {
+            Err(std::io::Error::other(
+                "a worker thread ended before it started",
+            ))
+        });
+        if let Err(e) = said {
+            release.cancel();
+            return Err(e);
+        }
     }
     Ok(Pool { stopped, release })
+}
+
+/// What one worker thread reports back to the start.
+struct Worker {
+    /// Its number in logs (the caller's runtime is worker 0).
+    index: usize,
+    /// Said once its listener is registered on its runtime (or could not be).
+    registered: oneshot::Sender<std::io::Result<()>>,
+    /// Said when its accept loop stopped.
+    done: oneshot::Sender<()>,
 }
 
 /// One worker thread: its accept loop, then its runtime stays up until the release.
@@ -122,16 +161,21 @@ fn run(
     rt: tokio::runtime::Runtime,
     listener: std::net::TcpListener,
     shared: Shared,
-    worker: usize,
-    done: oneshot::Sender<()>,
+    worker: Worker,
     release: CancellationToken,
 ) {
     rt.block_on(async {
         match TcpListener::from_std(listener) {
-            Ok(l) => accept_loop(l, &shared, worker).await,
-            Err(e) => tracing::error!(worker, error = %e, "worker listener not registered"),
+            Ok(l) => {
+                let _ = worker.registered.send(Ok(()));
+                accept_loop(l, &shared, worker.index).await
+            }
+            Err(e) => {
+                tracing::error!(worker = worker.index, error = %e, "worker listener not registered");
+                let _ = worker.registered.send(Err(e));
+            }
         }
-        let _ = done.send(());
+        let _ = worker.done.send(());
         // Stop with the release, or with a start that failed before any drain began.
         release.cancelled().await;
     });
