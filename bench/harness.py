@@ -678,8 +678,8 @@ def s11_many_connections(b):
                            "(raise it with ulimit -n)")
     b.standin.restart()
     # 1,000 clients and up to as many upstream connections: within worker_connections 4096 and
-    # the shim's max_connections 20000. The accept queue is tokio's default (the shim's and the
-    # stand-in's) rather than nginx's 511, so the 1,000 connects of each run queue alike. With
+    # the shim's max_connections 20000. Accept queues: nginx's raised to the shim's 1,024 (the
+    # 1,000 connects of a run queue alike); the stand-in's is Node's 511, like Rocket.Chat's. With
     # the guide's `keepalive 64`, nginx would close all but 64 of its upstream connections after
     # each answer and open new ones (measured: 63,000 upstream connects in 109,000 requests,
     # the stand-in's accept queue overflowing, p99 over 1 s): upstream churn, not proxying.

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod dispatch;
+mod listen;
 mod workers;
 
 use crate::audit::{AuditError, AuditTrail};
@@ -162,12 +163,9 @@ async fn start_with(config: Config, workers: usize) -> Result<Running, StartErro
         source,
     };
     let (listener, others) = if workers > 1 {
-        workers::bind(listen, workers).map_err(bind_error)?
+        listen::bind_reuseport(listen, workers).map_err(bind_error)?
     } else {
-        (
-            TcpListener::bind(listen).await.map_err(bind_error)?,
-            Vec::new(),
-        )
+        (listen::bind_one(listen).map_err(bind_error)?, Vec::new())
     };
     let addr = listener.local_addr().map_err(bind_error)?;
     let admin_listener = match admin_listen {

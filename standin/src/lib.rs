@@ -29,7 +29,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -99,6 +99,22 @@ impl std::fmt::Debug for Standin {
     }
 }
 
+/// Rocket.Chat's accept queue: Node's `server.listen` asks for 511 (`TcpListener::bind` would
+/// ask for 128, and a burst of connects, such as a proxy's 1,000 at once, would wait for SYN
+/// retries that the real server does not cause).
+const BACKLOG: u32 = 511;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 impl Standin {
     /// Starts on `127.0.0.1` with an ephemeral port and the default seed.
     pub async fn start() -> std::io::Result<Standin> {
@@ -107,7 +123,7 @@ impl Standin {
 
     /// Starts on `addr` with `seed`.
     pub async fn start_on(addr: SocketAddr, seed: Seed) -> std::io::Result<Standin> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = listen(addr)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new(data::State::from_seed(seed)));
         let (stop, stop_rx) = watch::channel(());
