@@ -170,9 +170,14 @@ impl LocalUpstream {
         loop {
             let mut out = match self.checkout(upstream) {
                 Ok(Some(c)) => c,
-                Ok(None) => self.connect(upstream).await?,
+                // Boxed, as the pool's road below: both are rare (once per client connection,
+                // a busy kept connection) and large (a connect, a TLS handshake, the pool's
+                // checkout), and the future of every pass-through request would otherwise be
+                // as large as they are (hyper moves it, and keeps a slot of its size per
+                // connection).
+                Ok(None) => Box::pin(self.connect(upstream)).await?,
                 // Busy (a request of this client connection still holds it): the pool.
-                Err(()) => return send_by_pool(upstream, req).await,
+                Err(()) => return Box::pin(send_by_pool(upstream, req)).await,
             };
             // Until the head arrives, dropping this (the timeout, the client gone) aborts the
             // connection.
