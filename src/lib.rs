@@ -27,6 +27,9 @@
 //!   error bodies, the typed configuration.
 //! - [`demo`] (feature `demo`, on by default): the shim in front of the embedded stand-in.
 #![forbid(unsafe_code)]
+// No `unwrap`/`expect` outside tests: a malformed request gets an error answer, never a panic
+// (clippy runs with -D warnings in CI, so a new one fails the build).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub(crate) mod access_log;
 pub(crate) mod admin;

@@ -1,6 +1,9 @@
 //! The `rocketchat-shim` command: run the proxy, `check` a config, run the `demo`, or
 //! `audit verify`/`audit report` the audit trail.
 #![forbid(unsafe_code)]
+// No `unwrap`/`expect` outside tests: a malformed request gets an error answer, never a panic
+// (clippy runs with -D warnings in CI, so a new one fails the build).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod online_check;
 
